@@ -1,0 +1,46 @@
+# consul-sd-operator: one entry point for developers and CI.
+#   make test   lint (ruff, mypy --strict, import-linter) and every test tier
+#   make demo   the main job end to end (see README)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+PYTEST_ARGS ?=
+
+.PHONY: venv lint test test-unit bins cluster cluster-down demo demo-down bench clean
+
+venv: $(STAMP)
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	rm -f $(VENV)/.installed-*; touch $@
+
+lint: venv
+	$(BIN)/ruff check operator tests benchmarks
+	$(BIN)/ruff format --check operator tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/mypy tests benchmarks --explicit-package-bases
+	$(BIN)/lint-imports
+
+test: lint
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-unit: venv
+	$(BIN)/pytest -m "not e2e" $(PYTEST_ARGS)
+
+bins:
+	hack/bins/build.sh all
+
+bench: venv
+	$(BIN)/python -m benchmarks.discover_once $(BENCH_ARGS)
+
+demo: venv
+	hack/demo.sh up
+
+demo-down:
+	hack/demo.sh down
+
+clean:
+	rm -rf $(VENV) .local .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,294 @@
+"""The ``consul-sd`` command: ``discover`` (standalone file_sd), ``simulate``, ``operator``.
+
+``discover`` runs the same engine as the operator for a Prometheus outside Kubernetes. Its flags
+mirror the ConsulDiscovery spec; ``--spec FILE`` reads a CR (or just its spec) and flags override
+it. Credentials come from flags or files only, because there is no Secret to read here; a spec
+that names Secrets must be given ``--token-file`` (or the TLS file flags) instead. The token is
+never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from consul_sd import __version__
+from consul_sd.consul import ConsulClient, ConsulEndpoint, ConsulError
+from consul_sd.filesd import FileSDWriter, write_atomically
+from consul_sd.render import render_file_sd
+from consul_sd.simulator import cli as simulator_cli
+from consul_sd.spec import ConsulDiscoverySpec, SpecError, parse_spec
+from consul_sd.tlsconfig import build_ssl_context
+from consul_sd.workers import DiscoveryIncomplete, DiscoveryQuery, discover_once, run_discovery
+
+logger = logging.getLogger("consul_sd")
+
+
+class UsageError(Exception):
+    """A problem with the command line or the files it names: one line for stderr."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        result: int = args.run(args)
+    except (UsageError, SpecError) as exc:
+        print(f"consul-sd: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="consul-sd",
+        description="Consul service discovery for Prometheus at fleet scale.",
+    )
+    parser.add_argument("--version", action="version", version=f"consul-sd {__version__}")
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    discover = commands.add_parser(
+        "discover",
+        help="discover Consul services into a file_sd JSON file (or stdout with --once)",
+        description="Discover Consul services and write Prometheus file_sd JSON. "
+        "Flags override --spec; durations use Prometheus syntax (30s, 5m).",
+    )
+    add_discover_arguments(discover)
+    discover.set_defaults(run=run_discover_command)
+
+    simulate = commands.add_parser(
+        "simulate",
+        help="run the Consul simulator (tests, benchmarks, demos)",
+        description="A fake Consul HTTP API with generated services, faults and counters.",
+    )
+    simulator_cli.add_arguments(simulate)
+    simulate.set_defaults(run=lambda args: asyncio.run(simulator_cli.run(args)))
+
+    return parser
+
+
+def add_discover_arguments(parser: argparse.ArgumentParser) -> None:
+    consul = parser.add_argument_group("consul")
+    consul.add_argument("--server", help="Consul host:port (spec.consul.server)")
+    consul.add_argument("--scheme", choices=["http", "https"])
+    consul.add_argument("--path-prefix")
+    consul.add_argument("--datacenter")
+    consul.add_argument("--namespace")
+    consul.add_argument("--partition")
+    consul.add_argument("--token", help="ACL token (visible in ps: prefer --token-file)")
+    consul.add_argument("--token-file", type=Path, help="file holding the ACL token")
+    consul.add_argument("--ca-file", type=Path)
+    consul.add_argument("--cert-file", type=Path)
+    consul.add_argument("--key-file", type=Path)
+    consul.add_argument("--server-name", help="TLS server name to verify")
+    consul.add_argument("--insecure-skip-verify", action="store_true", default=None)
+    consul.add_argument("--no-allow-stale", dest="allow_stale", action="store_false", default=None)
+
+    selector = parser.add_argument_group("selector")
+    selector.add_argument("--services", type=_csv, help="exact names, comma-separated")
+    selector.add_argument("--tags", type=_csv, help="required tags, comma-separated")
+    selector.add_argument("--node-meta", type=_key_values, help="k=v,k2=v2")
+    selector.add_argument("--filter", help="Consul filter for the catalog")
+    selector.add_argument("--health-filter", help="Consul filter for /v1/health/service")
+    selector.add_argument("--tag-separator")
+
+    engine = parser.add_argument_group("engine")
+    engine.add_argument("--mode", choices=["auto", "polling", "blocking"])
+    engine.add_argument("--max-concurrent", type=int)
+    engine.add_argument("--refresh-interval")
+    engine.add_argument("--watch-timeout")
+    engine.add_argument("--spec", type=Path, help="a ConsulDiscovery YAML (CR or spec)")
+
+    out = parser.add_argument_group("output (one of --once, --output, or both)")
+    out.add_argument(
+        "--once",
+        action="store_true",
+        help="one complete discovery to --output (or stdout), then exit; non-zero on failure",
+    )
+    out.add_argument(
+        "--output", type=Path, help="file_sd file, rewritten atomically whenever targets change"
+    )
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _key_values(text: str) -> dict[str, str]:
+    pairs = {}
+    for part in _csv(text):
+        key, sep, value = part.partition("=")
+        if not sep or not key:
+            raise argparse.ArgumentTypeError(f"{part!r} is not key=value")
+        pairs[key] = value
+    return pairs
+
+
+def load_spec(args: argparse.Namespace) -> ConsulDiscoverySpec:
+    """The spec from ``--spec`` (a whole CR or its spec) with the flags laid over it."""
+    data: dict[str, Any] = {}
+    if args.spec is not None:
+        try:
+            loaded = yaml.safe_load(args.spec.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise UsageError(f"--spec {args.spec}: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise UsageError(f"--spec {args.spec}: not a YAML mapping")
+        data = loaded.get("spec", loaded) if "kind" in loaded or "spec" in loaded else loaded
+        if not isinstance(data, dict):
+            raise UsageError(f"--spec {args.spec}: spec is not a mapping")
+    consul = dict(data.get("consul") or {})
+    selector = dict(data.get("selector") or {})
+    _override(consul, "server", args.server)
+    _override(consul, "scheme", args.scheme)
+    _override(consul, "pathPrefix", args.path_prefix)
+    _override(consul, "datacenter", args.datacenter)
+    _override(consul, "namespace", args.namespace)
+    _override(consul, "partition", args.partition)
+    _override(consul, "allowStale", args.allow_stale)
+    _override(selector, "services", args.services)
+    _override(selector, "tags", args.tags)
+    _override(selector, "nodeMeta", args.node_meta)
+    _override(selector, "filter", args.filter)
+    _override(selector, "healthFilter", args.health_filter)
+    spec = dict(data, consul=consul, selector=selector)
+    spec.pop("output", None)  # outputs are the operator's; discover writes --output
+    _override(spec, "tagSeparator", args.tag_separator)
+    _override(spec, "mode", args.mode.capitalize() if args.mode else None)
+    _override(spec, "maxConcurrent", args.max_concurrent)
+    _override(spec, "refreshInterval", args.refresh_interval)
+    _override(spec, "watchTimeout", args.watch_timeout)
+    if "server" not in consul:
+        raise UsageError("--server is required (or spec.consul.server in --spec)")
+    return parse_spec(spec)
+
+
+def _override(target: dict[str, Any], key: str, value: object) -> None:
+    if value is not None:
+        target[key] = value
+
+
+def build_endpoint(spec: ConsulDiscoverySpec, args: argparse.Namespace) -> ConsulEndpoint:
+    """The Consul endpoint with credentials from the flags' files."""
+    consul = spec.consul
+    token = args.token
+    if args.token_file is not None:
+        token = _read(args.token_file, "--token-file").strip()
+    if token is None and consul.token_secret_ref is not None:
+        raise UsageError("spec.consul.tokenSecretRef names a Secret: give --token-file instead")
+    if consul.basic_auth_secret_ref is not None:
+        raise UsageError("spec.consul.basicAuthSecretRef names a Secret: not supported here")
+    ssl_context = None
+    tls = consul.tls
+    insecure = bool(args.insecure_skip_verify or (tls and tls.insecure_skip_verify))
+    if consul.scheme == "https" or args.ca_file or args.cert_file:
+        if (args.cert_file is None) != (args.key_file is None):
+            raise UsageError("--cert-file and --key-file go together")
+        ssl_context = build_ssl_context(
+            ca_pem=_read(args.ca_file, "--ca-file") if args.ca_file else None,
+            cert_pem=_read(args.cert_file, "--cert-file") if args.cert_file else None,
+            key_pem=_read(args.key_file, "--key-file") if args.key_file else None,
+            insecure_skip_verify=insecure,
+        )
+    return ConsulEndpoint(
+        server=consul.server,
+        scheme=consul.scheme,
+        path_prefix=consul.path_prefix,
+        datacenter=consul.datacenter,
+        namespace=consul.namespace,
+        partition=consul.partition,
+        allow_stale=consul.allow_stale,
+        token=token or None,
+        ssl_context=ssl_context,
+        server_name=args.server_name or (tls.server_name if tls else None) or None,
+    )
+
+
+def _read(path: Path, flag: str) -> str:
+    try:
+        return path.read_text()
+    except OSError as exc:
+        raise UsageError(f"{flag} {path}: {exc.strerror or exc}") from None
+
+
+def run_discover_command(args: argparse.Namespace) -> int:
+    if not args.once and args.output is None:
+        raise UsageError("give --once, --output FILE, or both")
+    spec = load_spec(args)
+    endpoint = build_endpoint(spec, args)
+    query = DiscoveryQuery.from_spec(spec)
+    if args.once:
+        return asyncio.run(_discover_once(query=query, endpoint=endpoint, output=args.output))
+    return asyncio.run(_discover_forever(query=query, endpoint=endpoint, output=args.output))
+
+
+def _client(query: DiscoveryQuery, endpoint: ConsulEndpoint) -> ConsulClient:
+    # The catalog watch holds one connection beside the maxConcurrent service requests.
+    return ConsulClient(endpoint=endpoint, max_connections=query.max_concurrent + 1)
+
+
+async def _discover_once(
+    *, query: DiscoveryQuery, endpoint: ConsulEndpoint, output: Path | None
+) -> int:
+    async with _client(query, endpoint) as client:
+        try:
+            snapshot = await discover_once(query=query, client=client)
+        except (DiscoveryIncomplete, ConsulError) as exc:
+            print(f"consul-sd: error: {exc}", file=sys.stderr)
+            return 1
+    data = render_file_sd(snapshot.groups)
+    if output is None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    else:
+        write_atomically(output, data)
+    logger.info(
+        "discovered %d targets in %d services (%s, %d requests)",
+        snapshot.targets,
+        len(snapshot.groups),
+        snapshot.mode,
+        sum(snapshot.requests.values()),
+    )
+    return 0
+
+
+async def _discover_forever(
+    *, query: DiscoveryQuery, endpoint: ConsulEndpoint, output: Path
+) -> int:
+    if not output.parent.is_dir():
+        raise UsageError(f"--output {output}: directory {output.parent} does not exist")
+    writer = FileSDWriter(output)
+    loop = asyncio.get_running_loop()
+    async with _client(query, endpoint) as client:
+        task = asyncio.create_task(
+            run_discovery(query=query, client=client, publish=writer.publish)
+        )
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    logger.info("stopped after %d writes", writer.writes)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

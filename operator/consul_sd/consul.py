@@ -1,0 +1,560 @@
+"""Consul HTTP client for discovery: the catalog list and per-service health entries.
+
+One :class:`ConsulClient` per worker owns one aiohttp session whose connector caps open
+connections, so a worker can never open more than ``max_connections`` sockets to Consul. It sends
+the parameters Prometheus's consul_sd sends (dc, ns, partition, stale, node-meta, tag, filter) and
+the token only in the ``X-Consul-Token`` header. Blocking queries follow Consul's client rules:
+the index is reset when it goes backwards and never sent below 1, and the request timeout is sized
+to ``wait + wait/16`` (Consul's jitter) plus a margin. Transient failures (connection errors,
+429, 5xx other than a permanent answer) are retried with exponential backoff and jitter; every
+other failure raises a :class:`ConsulError` whose ``reason`` is a CR status reason.
+
+Limits: only the read endpoints discovery needs; answers are parsed strictly into
+:class:`Instance` records, and anything unexpected is a :class:`ConsulBadResponse` naming the
+endpoint and the field, never a crash deeper in the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import ssl
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+from urllib.parse import quote
+
+import aiohttp
+
+from consul_sd.backoff import backoff_delay
+
+HEALTH_PASSING: Final = "passing"
+HEALTH_WARNING: Final = "warning"
+HEALTH_CRITICAL: Final = "critical"
+HEALTH_MAINTENANCE: Final = "maintenance"
+NODE_MAINTENANCE_CHECK: Final = "_node_maintenance"
+SERVICE_MAINTENANCE_PREFIX: Final = "_service_maintenance:"
+
+# Added to a blocking request's timeout on top of wait + wait/16: time for Consul to build and
+# send the answer after its wait expires.
+_BLOCKING_MARGIN = 10.0
+_RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+class ConsulError(Exception):
+    """A Consul call that failed; ``reason`` is the CR status reason for it."""
+
+    reason = "ConsulError"
+    retryable = False
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ConsulUnreachable(ConsulError):
+    reason = "ConsulUnreachable"
+    retryable = True
+
+
+class ConsulRateLimited(ConsulError):
+    reason = "ConsulRateLimited"
+    retryable = True
+
+
+class ConsulServerError(ConsulError):
+    reason = "ConsulServerError"
+    retryable = True
+
+
+class ConsulACLDenied(ConsulError):
+    reason = "ACLDenied"
+
+
+class ConsulDatacenterUnknown(ConsulError):
+    reason = "DatacenterUnknown"
+
+
+class ConsulBadRequest(ConsulError):
+    reason = "ConsulBadRequest"
+
+
+class ConsulBadResponse(ConsulError):
+    reason = "MalformedConsulResponse"
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    check_id: str
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """One entry of /v1/health/service/NAME: a service instance on a node, with its checks."""
+
+    node: str
+    node_address: str
+    node_meta: Mapping[str, str]
+    node_tagged_addresses: Mapping[str, str]
+    service_id: str
+    service_address: str
+    service_port: int
+    tags: tuple[str, ...]
+    service_meta: Mapping[str, str]
+    namespace: str
+    partition: str
+    checks: tuple[Check, ...]
+
+
+@dataclass(frozen=True)
+class ConsulEndpoint:
+    """How to reach Consul. Credentials are excluded from repr so they never reach a log."""
+
+    server: str
+    scheme: str = "http"
+    path_prefix: str = ""
+    datacenter: str = ""
+    namespace: str = ""
+    partition: str = ""
+    allow_stale: bool = True
+    token: str | None = field(default=None, repr=False)
+    basic_auth: tuple[str, str] | None = field(default=None, repr=False)
+    ssl_context: ssl.SSLContext | None = field(default=None, repr=False)
+    server_name: str | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.scheme}://{self.server}{self.path_prefix.rstrip('/')}"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retries inside one call; the loops above add their own backoff between calls."""
+
+    attempts: int = 3
+    base_delay: float = 0.5
+    max_delay: float = 10.0
+
+
+@dataclass
+class RequestStats:
+    """Requests sent, by (endpoint, outcome); workers read and reset it per cycle."""
+
+    counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def take(self) -> Counter[tuple[str, str]]:
+        taken, self.counts = self.counts, Counter()
+        return taken
+
+
+RequestObserver = Callable[[str, str, float], None]
+"""Called with (endpoint, outcome, seconds) after every request, e.g. to feed metrics."""
+
+
+def next_index(*, previous: int, answered: int) -> int:
+    """The index for the next blocking query, by Consul's client rules.
+
+    An index that went backwards (snapshot restore, a stale read from a lagging server) resets to
+    0 so the next query is a plain read; an index below 1 is treated as 1 so a query never spins.
+    """
+    answered = max(answered, 1)
+    if answered < previous:
+        return 0
+    return answered
+
+
+class ConsulClient:
+    """Async Consul reads with a connection cap, retries and typed answers."""
+
+    def __init__(
+        self,
+        *,
+        endpoint: ConsulEndpoint,
+        max_connections: int,
+        retry: RetryPolicy | None = None,
+        request_timeout: float = 30.0,
+        observer: RequestObserver | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.max_connections = max_connections
+        self.stats = RequestStats()
+        self._retry = retry or RetryPolicy()
+        self._request_timeout = request_timeout
+        self._observer = observer
+        self._rng = random.Random()
+        self._session: aiohttp.ClientSession | None = None
+        headers = {"Accept": "application/json"}
+        if endpoint.token:
+            headers["X-Consul-Token"] = endpoint.token
+        self._headers = headers
+        self._auth = aiohttp.BasicAuth(*endpoint.basic_auth) if endpoint.basic_auth else None
+
+    async def __aenter__(self) -> ConsulClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def _open_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                limit=self.max_connections,
+                limit_per_host=self.max_connections,
+                ssl=self.endpoint.ssl_context if self.endpoint.ssl_context is not None else True,
+                enable_cleanup_closed=True,
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector, headers=self._headers, auth=self._auth
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _common_params(self) -> list[tuple[str, str]]:
+        params: list[tuple[str, str]] = []
+        ep = self.endpoint
+        if ep.datacenter:
+            params.append(("dc", ep.datacenter))
+        if ep.namespace:
+            params.append(("ns", ep.namespace))
+        if ep.partition:
+            params.append(("partition", ep.partition))
+        return params
+
+    def _query_params(
+        self,
+        *,
+        index: int,
+        wait: float | None,
+        node_meta: Mapping[str, str],
+        filter_expr: str,
+    ) -> list[tuple[str, str]]:
+        params = self._common_params()
+        if self.endpoint.allow_stale:
+            params.append(("stale", ""))
+        if index > 0:
+            params.append(("index", str(index)))
+            if wait is not None:
+                # The Go client sends the wait in milliseconds; Consul parses Go durations.
+                params.append(("wait", f"{round(wait * 1000)}ms"))
+        params.extend(("node-meta", f"{k}:{v}") for k, v in sorted(node_meta.items()))
+        if filter_expr:
+            params.append(("filter", filter_expr))
+        return params
+
+    async def agent_datacenter(self) -> str:
+        """The datacenter of the agent answering us (Prometheus's default for ``dc``)."""
+        data, _ = await self._get(endpoint="agent_self", path="/v1/agent/self", params=[])
+        try:
+            dc = data["Config"]["Datacenter"]
+        except (KeyError, TypeError):
+            raise ConsulBadResponse("/v1/agent/self: no Config.Datacenter in the answer") from None
+        if not isinstance(dc, str):
+            raise ConsulBadResponse("/v1/agent/self: Config.Datacenter is not a string")
+        return dc
+
+    async def list_services(
+        self,
+        *,
+        index: int = 0,
+        wait: float | None = None,
+        node_meta: Mapping[str, str] | None = None,
+        filter_expr: str = "",
+    ) -> tuple[dict[str, tuple[str, ...]], int]:
+        """Service names with their tags from /v1/catalog/services, and the answer's index."""
+        params = self._query_params(
+            index=index, wait=wait, node_meta=node_meta or {}, filter_expr=filter_expr
+        )
+        data, answered = await self._get(
+            endpoint="catalog_services", path="/v1/catalog/services", params=params, wait=wait
+        )
+        return parse_service_list(data), answered
+
+    async def service_instances(
+        self,
+        name: str,
+        *,
+        tags: Sequence[str] = (),
+        index: int = 0,
+        wait: float | None = None,
+        node_meta: Mapping[str, str] | None = None,
+        filter_expr: str = "",
+        unchanged_index: int | None = None,
+    ) -> tuple[list[Instance] | None, int]:
+        """Instances of ``name`` from /v1/health/service in every health state, and the index.
+
+        With ``unchanged_index``, an answer carrying that same index is not decoded and
+        ``None`` is returned instead: the caller already holds those instances.
+        """
+        params = self._query_params(
+            index=index, wait=wait, node_meta=node_meta or {}, filter_expr=filter_expr
+        )
+        params.extend(("tag", tag) for tag in tags)
+        path = f"/v1/health/service/{_quote_segment(name)}"
+        data, answered = await self._get(
+            endpoint="health_service",
+            path=path,
+            params=params,
+            wait=wait,
+            unchanged_index=unchanged_index,
+        )
+        if data is _UNCHANGED:
+            return None, answered
+        return parse_health_entries(data, where=f"/v1/health/service/{name}"), answered
+
+    async def _get(
+        self,
+        *,
+        endpoint: str,
+        path: str,
+        params: list[tuple[str, str]],
+        wait: float | None = None,
+        unchanged_index: int | None = None,
+    ) -> tuple[Any, int]:
+        session = self._open_session()
+        url = self.endpoint.base_url + path
+        if wait is not None and any(key == "index" for key, _ in params):
+            timeout = aiohttp.ClientTimeout(total=wait + wait / 16 + _BLOCKING_MARGIN)
+        else:
+            timeout = aiohttp.ClientTimeout(total=self._request_timeout)
+        attempt = 0
+        while True:
+            started = time.monotonic()
+            try:
+                result = await self._get_once(
+                    session=session,
+                    url=url,
+                    path=path,
+                    params=params,
+                    limits=timeout,
+                    unchanged_index=unchanged_index,
+                )
+            except ConsulError as error:
+                self._record(endpoint, _outcome(error), started)
+                attempt += 1
+                if not error.retryable or attempt >= self._retry.attempts:
+                    raise
+                await asyncio.sleep(
+                    backoff_delay(
+                        attempt - 1,
+                        base=self._retry.base_delay,
+                        cap=self._retry.max_delay,
+                        rng=self._rng,
+                    )
+                )
+                continue
+            self._record(endpoint, "ok", started)
+            return result
+
+    def _record(self, endpoint: str, outcome: str, started: float) -> None:
+        self.stats.counts[(endpoint, outcome)] += 1
+        if self._observer is not None:
+            self._observer(endpoint, outcome, time.monotonic() - started)
+
+    async def _get_once(
+        self,
+        *,
+        session: aiohttp.ClientSession,
+        url: str,
+        path: str,
+        params: list[tuple[str, str]],
+        limits: aiohttp.ClientTimeout,
+        unchanged_index: int | None,
+    ) -> tuple[Any, int]:
+        try:
+            async with session.get(
+                url,
+                params=params,
+                timeout=limits,
+                server_hostname=self.endpoint.server_name or None,
+                allow_redirects=True,
+            ) as response:
+                body = await response.read()
+                status = response.status
+                index_header = response.headers.get("X-Consul-Index")
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            raise ConsulUnreachable(f"{path}: {_describe_connection_error(exc)}") from None
+        except TimeoutError:
+            raise ConsulUnreachable(f"{path}: timed out after {limits.total:g}s") from None
+        if status != 200:
+            raise _error_for_status(status=status, body=body, path=path)
+        index = _parse_index(index_header)
+        if unchanged_index is not None and index == unchanged_index:
+            return _UNCHANGED, index
+        try:
+            return json.loads(body), index
+        except ValueError as exc:
+            raise ConsulBadResponse(f"{path}: answer is not JSON ({exc})", status=status) from None
+
+
+_UNCHANGED: Final = object()
+
+
+def _outcome(error: ConsulError) -> str:
+    if error.status is not None:
+        return str(error.status)
+    return error.reason
+
+
+def _quote_segment(name: str) -> str:
+    return quote(name, safe="")
+
+
+def _parse_index(header: str | None) -> int:
+    if header is None:
+        return 0
+    try:
+        return int(header)
+    except ValueError:
+        return 0
+
+
+def _describe_connection_error(exc: Exception) -> str:
+    text = str(exc) or type(exc).__name__
+    return text[:300]
+
+
+def _error_for_status(*, status: int, body: bytes, path: str) -> ConsulError:
+    text = body.decode("utf-8", "replace").strip()[:300]
+    message = f"{path}: HTTP {status}: {text or '(empty body)'}"
+    if status == 403:
+        return ConsulACLDenied(message, status=status)
+    if status == 429:
+        return ConsulRateLimited(message, status=status)
+    if status == 500 and "No path to datacenter" in text:
+        return ConsulDatacenterUnknown(message, status=status)
+    if status in _RETRYABLE_STATUSES:
+        return ConsulServerError(message, status=status)
+    if status == 400:
+        return ConsulBadRequest(message, status=status)
+    return ConsulError(message, status=status)
+
+
+def parse_service_list(data: Any) -> dict[str, tuple[str, ...]]:
+    """/v1/catalog/services: ``{name: [tags]}``; null tags are an empty list."""
+    where = "/v1/catalog/services"
+    if not isinstance(data, dict):
+        raise ConsulBadResponse(f"{where}: expected an object, got {type(data).__name__}")
+    services: dict[str, tuple[str, ...]] = {}
+    for name, raw_tags in data.items():
+        tags = [] if raw_tags is None else raw_tags
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            raise ConsulBadResponse(f"{where}: tags of {name!r} are not a list of strings")
+        services[name] = tuple(tags)
+    return services
+
+
+def parse_health_entries(data: Any, *, where: str) -> list[Instance]:
+    """Entries of /v1/health/service/NAME as :class:`Instance` records, strictly checked."""
+    if data is None:
+        return []
+    if not isinstance(data, list):
+        raise ConsulBadResponse(f"{where}: expected a list, got {type(data).__name__}")
+    return [_parse_entry(entry, where=f"{where}: entry {i}") for i, entry in enumerate(data)]
+
+
+def _parse_entry(entry: Any, *, where: str) -> Instance:
+    if not isinstance(entry, dict):
+        raise ConsulBadResponse(f"{where}: expected an object")
+    node = _obj(entry.get("Node"), where=f"{where}: Node")
+    service = _obj(entry.get("Service"), where=f"{where}: Service")
+    checks_raw = entry.get("Checks") or []
+    if not isinstance(checks_raw, list):
+        raise ConsulBadResponse(f"{where}: Checks is not a list")
+    checks = []
+    for i, raw_check in enumerate(checks_raw):
+        check = _obj(raw_check, where=f"{where}: Checks[{i}]")
+        checks.append(
+            Check(
+                check_id=_str(check, "CheckID", where=f"{where}: Checks[{i}]"),
+                status=_str(check, "Status", where=f"{where}: Checks[{i}]"),
+            )
+        )
+    port = service.get("Port", 0)
+    if port is None:
+        port = 0
+    if not isinstance(port, int) or isinstance(port, bool):
+        raise ConsulBadResponse(f"{where}: Service.Port is not an integer")
+    tags = service.get("Tags") or []
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise ConsulBadResponse(f"{where}: Service.Tags is not a list of strings")
+    return Instance(
+        node=_str(node, "Node", where=f"{where}: Node"),
+        node_address=_str(node, "Address", where=f"{where}: Node"),
+        node_meta=_str_map(node.get("Meta"), where=f"{where}: Node.Meta"),
+        node_tagged_addresses=_str_map(
+            node.get("TaggedAddresses"), where=f"{where}: Node.TaggedAddresses"
+        ),
+        service_id=_str(service, "ID", where=f"{where}: Service"),
+        service_address=_str(service, "Address", where=f"{where}: Service"),
+        service_port=port,
+        tags=tuple(tags),
+        service_meta=_str_map(service.get("Meta"), where=f"{where}: Service.Meta"),
+        namespace=_str(service, "Namespace", where=f"{where}: Service"),
+        partition=_str(service, "Partition", where=f"{where}: Service"),
+        checks=tuple(checks),
+    )
+
+
+def _obj(value: Any, *, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConsulBadResponse(f"{where} is not an object")
+    return value
+
+
+def _str(obj: Mapping[str, Any], key: str, *, where: str) -> str:
+    value = obj.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ConsulBadResponse(f"{where}.{key} is not a string")
+    return value
+
+
+def _str_map(value: Any, *, where: str) -> Mapping[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ConsulBadResponse(f"{where} is not a map of strings")
+    return value
+
+
+def aggregated_status(checks: Sequence[Check]) -> str:
+    """Consul's ``HealthChecks.AggregatedStatus``, the value of ``__meta_consul_health``.
+
+    Maintenance checks win; otherwise critical > warning > passing; no checks is passing; any
+    other status value gives "" (as the Go client does).
+    """
+    warning = critical = maintenance = False
+    for check in checks:
+        if check.check_id == NODE_MAINTENANCE_CHECK or check.check_id.startswith(
+            SERVICE_MAINTENANCE_PREFIX
+        ):
+            maintenance = True
+            continue
+        if check.status == HEALTH_PASSING:
+            continue
+        if check.status == HEALTH_WARNING:
+            warning = True
+        elif check.status == HEALTH_CRITICAL:
+            critical = True
+        else:
+            return ""
+    if maintenance:
+        return HEALTH_MAINTENANCE
+    if critical:
+        return HEALTH_CRITICAL
+    if warning:
+        return HEALTH_WARNING
+    # "No checks" and "all passing" both aggregate to passing, as in the Go client.
+    return HEALTH_PASSING

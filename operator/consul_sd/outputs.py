@@ -1,0 +1,179 @@
+"""Output objects from a snapshot: file_sd ConfigMap shards and ScrapeConfig shards.
+
+Pure functions: targets in, Kubernetes object bodies out; ``kube`` writes them. Both outputs are
+sharded so no object nears its limit (a ConfigMap holds 1 MiB; an etcd object ~1.5 MiB) and so a
+change stays local: a service is assigned to shard ``crc32(name) % K`` with K a power of two, so
+a change to one service rewrites one shard, and growing K splits each shard in two instead of
+reshuffling everything. K is sticky: it only changes when the current K no longer fits or is
+four times too many. A service too large for a quarter of a shard is spread by instance instead.
+When even ``maxShards`` shards cannot hold the targets, :class:`OutputTooLarge` is raised and
+the previous objects stay as they are.
+
+ScrapeConfig labels need no rewriting: every label name the target builder emits is sanitised
+to ``[a-zA-Z0-9_]`` and starts with ``__meta_consul_``, which prometheus-operator accepts (one
+invalid label would make it drop the whole object).
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from consul_sd.render import render_lines, render_target
+from consul_sd.spec import ConfigMapOutput, ScrapeConfigOutput
+from consul_sd.targets import Target, TargetGroup
+
+DISCOVERY_LABEL = "consul-sd.io/discovery"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY = "consul-sd-operator"
+# Aim shards at half their limit so hashing skew rarely forces a resize.
+_FILL_TARGET = 0.5
+# Bytes of ScrapeConfig JSON allowed per object; etcd refuses objects above ~1.5 MiB.
+SCRAPE_CONFIG_MAX_BYTES = 1024 * 1024
+
+
+class OutputTooLarge(Exception):
+    """The targets do not fit the configured number of shards."""
+
+    reason = "OutputTooLarge"
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One output object's content: its name, its units' items, and its size."""
+
+    name: str
+    items: tuple[Any, ...]
+    size: int
+
+
+def shard_index(key: str, shards: int) -> int:
+    return zlib.crc32(key.encode()) % shards
+
+
+def _units(
+    groups: Mapping[str, TargetGroup], *, measure: Any, split_above: float
+) -> list[tuple[str, list[Target], int]]:
+    """Sharding units: whole services, or single instances of services too big to keep whole."""
+    units = []
+    for name in sorted(groups):
+        targets = list(groups[name])
+        size = sum(measure(t) for t in targets)
+        if size > split_above and len(targets) > 1:
+            for target in targets:
+                units.append((f"{name}\x00{target.address}", [target], measure(target)))
+        else:
+            units.append((name, targets, size))
+    return units
+
+
+def _choose_shards(
+    *,
+    units: Sequence[tuple[str, list[Target], int]],
+    limit: float,
+    max_shards: int,
+    previous: int | None,
+) -> list[list[tuple[str, list[Target], int]]]:
+    total = sum(size for _, _, size in units)
+    needed = 1
+    while needed < max_shards and total > needed * limit * _FILL_TARGET:
+        needed *= 2
+    candidates = []
+    if previous and needed <= previous <= min(max_shards, needed * 4):
+        candidates.append(previous)
+    count = needed
+    while count <= max_shards:
+        candidates.append(count)
+        count *= 2
+    for shards in candidates:
+        buckets: list[list[tuple[str, list[Target], int]]] = [[] for _ in range(shards)]
+        for unit in units:
+            buckets[shard_index(unit[0], shards)].append(unit)
+        if all(sum(size for _, _, size in bucket) <= limit for bucket in buckets):
+            return buckets
+    raise OutputTooLarge(
+        f"{total} bytes of targets do not fit {max_shards} shards of at most {int(limit)} "
+        "bytes: raise maxShards (and mount the extra shards) or narrow the selector"
+    )
+
+
+def config_map_shards(
+    groups: Mapping[str, TargetGroup],
+    *,
+    output: ConfigMapOutput,
+    previous: int | None = None,
+) -> list[tuple[str, str, bytes]]:
+    """``(ConfigMap name, data key, file_sd bytes)`` per shard, in shard order."""
+    lines: dict[Target, str] = {}
+
+    def measure(target: Target) -> int:
+        line = lines.get(target)
+        if line is None:
+            line = lines[target] = render_target(target)
+        return len(line.encode()) + 2  # the ",\n" that joins it to the next group
+
+    units = _units(groups, measure=measure, split_above=output.max_shard_bytes / 4)
+    buckets = _choose_shards(
+        units=units,
+        limit=output.max_shard_bytes - 16,
+        max_shards=output.max_shards,
+        previous=previous,
+    )
+    shards = []
+    for i, bucket in enumerate(buckets):
+        name = f"{output.name}-{i}"
+        ordered = sorted(bucket, key=lambda unit: unit[0])
+        data = render_lines(lines[t] for _, targets, _ in ordered for t in targets)
+        shards.append((name, f"{name}.json", data))
+    return shards
+
+
+def static_config(target: Target) -> dict[str, Any]:
+    return {"targets": [target.address], "labels": dict(target.labels)}
+
+
+def scrape_config_specs(
+    groups: Mapping[str, TargetGroup],
+    *,
+    output: ScrapeConfigOutput,
+    previous: int | None = None,
+) -> list[tuple[str, dict[str, Any]]]:
+    """``(ScrapeConfig name, spec)`` per shard: static configs plus the user's scrape settings."""
+    configs: dict[Target, dict[str, Any]] = {}
+
+    def measure(target: Target) -> int:
+        config = configs.get(target)
+        if config is None:
+            config = configs[target] = static_config(target)
+        return len(json.dumps(config, separators=(",", ":")))
+
+    # Size by bytes with a per-object target count cap folded into the byte limit.
+    average = max(1, sum(measure(t) for g in groups.values() for t in g)) / max(
+        1, sum(len(g) for g in groups.values())
+    )
+    limit = min(SCRAPE_CONFIG_MAX_BYTES, average * output.max_targets_per_object)
+    units = _units(groups, measure=measure, split_above=limit / 4)
+    buckets = _choose_shards(units=units, limit=limit, max_shards=256, previous=previous)
+    settings = scrape_settings(output)
+    specs = []
+    for i, bucket in enumerate(buckets):
+        ordered = sorted(bucket, key=lambda unit: unit[0])
+        static = [configs[t] for _, targets, _ in ordered for t in targets]
+        specs.append((f"{output.name}-{i}", {**settings, "staticConfigs": static}))
+    return specs
+
+
+def scrape_settings(output: ScrapeConfigOutput) -> dict[str, Any]:
+    """The user's scrape settings in ScrapeConfig field names, unset ones left out."""
+    fields = output.model_dump(
+        by_alias=True,
+        exclude_none=True,
+        exclude={"name", "labels", "max_targets_per_object"},
+    )
+    for key in ("relabelings", "metricRelabelings"):
+        if not fields.get(key):
+            fields.pop(key, None)
+    return fields

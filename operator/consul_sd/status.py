@@ -1,0 +1,62 @@
+"""The ConsulDiscovery status model and its condition vocabulary.
+
+Kept apart from the spec so the CRD generator can publish its schema, and so the status a sink
+computes is checked by the same model the CRD declares. Reasons are CamelCase words users can
+search the troubleshooting guide for; messages say what to do.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+ConditionType = Literal["Ready", "Degraded", "Progressing"]
+
+# Reasons used across the operator; ConsulError subclasses carry the Consul-side ones.
+REASON_SYNCED = "Synced"
+REASON_FIRST_SYNC = "FirstSyncPending"
+REASON_INVALID_SPEC = "InvalidSpec"
+REASON_SECRET_NOT_FOUND = "SecretNotFound"
+REASON_OUTPUT_TOO_LARGE = "OutputTooLarge"
+REASON_OUTPUT_WRITE_FAILED = "OutputWriteFailed"
+REASON_SERVICES_FAILING = "ServicesFailing"
+REASON_HEALTHY = "Healthy"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class Condition(_Model):
+    type: ConditionType
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    last_transition_time: str
+    observed_generation: int | None = None
+
+
+class OutputRef(_Model):
+    kind: Literal["ConfigMap", "ScrapeConfig"]
+    name: str
+    targets: int = 0
+    bytes: int = 0
+
+
+class ConsulDiscoveryStatus(_Model):
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    mode: Literal["Polling", "Blocking"] | None = Field(
+        default=None, description="The mode in effect (Auto resolves to one of these)."
+    )
+    services: int | None = None
+    targets: int | None = None
+    failed_services: int | None = None
+    last_sync_time: str | None = None
+    last_sync_duration: str | None = None
+    consul_requests: int | None = Field(
+        default=None, description="Consul requests since the previous publication."
+    )
+    outputs: list[OutputRef] = Field(default_factory=list)

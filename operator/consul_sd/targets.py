@@ -1,0 +1,141 @@
+"""Targets with exactly the labels Prometheus v3's consul_sd gives, one group per instance.
+
+Prometheus puts one target group per service (group labels ``__meta_consul_service`` and
+``__meta_consul_dc``) with per-instance labels; file_sd and static configs only carry labels per
+group, so each instance becomes its own group with both sets merged. The label values follow
+``discovery/consul/consul.go`` (v3.14) to the character, with two documented choices:
+
+- Empty-valued labels are left out: Prometheus treats an empty label as an absent one, so the
+  targets are identical after discovery, and outputs are ~15% smaller (CE has no namespace or
+  partition, many services no address).
+- Meta keys that sanitise to the same label name collide at random upstream (Go map order). Here
+  the key that already is a valid label name wins; otherwise the smallest key by code point wins.
+
+Targets are sorted (node, service id, address) so the same Consul state always gives the same
+bytes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from consul_sd.consul import Instance, aggregated_status
+
+META_PREFIX = "__meta_consul_"
+SERVICE_LABEL = "__meta_consul_service"
+DATACENTER_LABEL = "__meta_consul_dc"
+_INVALID_LABEL_CHARS = re.compile(r"[^a-zA-Z0-9_]")
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One scrape target: its ``__address__`` and its other labels, sorted by name."""
+
+    address: str
+    labels: tuple[tuple[str, str], ...]
+
+    def label_dict(self) -> dict[str, str]:
+        return dict(self.labels)
+
+
+TargetGroup = tuple[Target, ...]
+"""All targets of one Consul service, sorted."""
+
+
+def sanitize_label_name(name: str) -> str:
+    """Prometheus's ``strutil.SanitizeLabelName``: each invalid character becomes ``_``."""
+    return _INVALID_LABEL_CHARS.sub("_", name)
+
+
+def join_host_port(host: str, port: int) -> str:
+    """Go's ``net.JoinHostPort``: brackets exactly when the host contains a colon."""
+    if ":" in host:
+        return f"[{host}]:{port}"
+    return f"{host}:{port}"
+
+
+def build_target_group(
+    *,
+    service: str,
+    datacenter: str,
+    instances: Sequence[Instance],
+    tag_separator: str,
+) -> TargetGroup:
+    """The targets of one service, labelled as Prometheus's consul_sd labels them."""
+    targets = [
+        _build_target(
+            service=service,
+            datacenter=datacenter,
+            instance=instance,
+            tag_separator=tag_separator,
+        )
+        for instance in instances
+    ]
+    targets.sort(key=_target_order)
+    return tuple(targets)
+
+
+def _target_order(target: Target) -> tuple[str, str, str]:
+    labels = dict(target.labels)
+    return (
+        labels.get("__meta_consul_node", ""),
+        labels.get("__meta_consul_service_id", ""),
+        target.address,
+    )
+
+
+def _build_target(
+    *,
+    service: str,
+    datacenter: str,
+    instance: Instance,
+    tag_separator: str,
+) -> Target:
+    host = instance.service_address or instance.node_address
+    # The separator also surrounds the list so relabel regexes need not special-case the ends.
+    tags = tag_separator + tag_separator.join(instance.tags) + tag_separator
+    labels: dict[str, str] = {
+        SERVICE_LABEL: service,
+        DATACENTER_LABEL: datacenter,
+        "__meta_consul_address": instance.node_address,
+        "__meta_consul_node": instance.node,
+        "__meta_consul_namespace": instance.namespace,
+        "__meta_consul_partition": instance.partition,
+        "__meta_consul_tags": tags,
+        "__meta_consul_service_address": instance.service_address,
+        "__meta_consul_service_port": str(instance.service_port),
+        "__meta_consul_service_id": instance.service_id,
+        "__meta_consul_health": aggregated_status(instance.checks),
+    }
+    labels.update(_prefixed("__meta_consul_metadata_", instance.node_meta))
+    labels.update(_prefixed("__meta_consul_service_metadata_", instance.service_meta))
+    labels.update(_prefixed("__meta_consul_tagged_address_", instance.node_tagged_addresses))
+    return Target(
+        address=join_host_port(host, instance.service_port),
+        labels=tuple(sorted((k, v) for k, v in labels.items() if v != "")),
+    )
+
+
+def _prefixed(prefix: str, values: Mapping[str, str]) -> dict[str, str]:
+    """``prefix + sanitised key`` for each entry, with the deterministic collision rule."""
+    chosen: dict[str, tuple[bool, str, str]] = {}
+    for key, value in values.items():
+        name = sanitize_label_name(key)
+        # Preference order: a key that needed no sanitising, then the smallest original key.
+        rank = (name != key, key, value)
+        current = chosen.get(name)
+        if current is None or rank < current:
+            chosen[name] = rank
+    return {prefix + name: rank[2] for name, rank in chosen.items()}
+
+
+def count_targets(groups: Mapping[str, TargetGroup]) -> int:
+    return sum(len(group) for group in groups.values())
+
+
+def iter_targets(groups: Mapping[str, TargetGroup]) -> Iterable[Target]:
+    """Every target, services in name order, so renderers produce stable bytes."""
+    for name in sorted(groups):
+        yield from groups[name]

@@ -1,0 +1,592 @@
+"""Discovery workers: Polling, Blocking and Auto, each emitting whole target snapshots.
+
+A worker runs until cancelled and calls ``publish`` with a :class:`Snapshot`: always the full set
+of targets (level-based, never a diff), so a sink can be restarted, skip unchanged bytes, and never
+has to merge. The rules every mode keeps:
+
+- A service whose fetch failed keeps its previous targets; a service gone from the catalog has its
+  targets cleared. A catalog failure keeps everything.
+- ``Snapshot.complete`` is False until the catalog has been listed and every matched service has
+  answered once; sinks never write a snapshot that is not complete before one that is (so an
+  outage or a cold start never publishes an empty or partial set).
+- Errors back off with jitter; cancellation stops every in-flight request (structured with
+  TaskGroups, no task outlives its worker).
+
+Polling lists the catalog every ``refreshInterval`` and fetches services with at most
+``maxConcurrent`` requests in flight. Blocking holds one long-poll on the catalog plus one per
+service, throttled by ``refreshInterval`` as Prometheus does; at most ``maxConcurrent`` service
+long-polls are open at once and the rest queue for a slot in FIFO order, so with N services above
+the cap each one is re-queried about every ``N / maxConcurrent x watchTimeout`` at worst (a
+service that changes while it queues is seen on its next turn). Auto picks Blocking below
+:data:`AUTO_POLLING_AT` matched services and Polling at or above, and switches back only below
+:data:`AUTO_BLOCKING_BELOW` (hysteresis), handing the current targets to the new mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import random
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, TypeVar
+
+from consul_sd.backoff import backoff_delay
+from consul_sd.consul import ConsulClient, ConsulError, next_index
+from consul_sd.spec import ConsulDiscoverySpec, Mode
+from consul_sd.targets import TargetGroup, build_target_group, count_targets
+
+logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+EffectiveMode = Literal["Polling", "Blocking"]
+AUTO_POLLING_AT = 1000
+AUTO_BLOCKING_BELOW = 900
+# Blocking mode gathers changes that land together (a deploy touching many services) into one
+# publication instead of one per service.
+PUBLISH_COALESCE_SECONDS = 1.0
+ERROR_BACKOFF_BASE = 1.0
+# Prometheus sleeps a fixed 15s after a failed watch; we back off up to the same bound.
+ERROR_BACKOFF_CAP = 15.0
+
+
+@dataclass(frozen=True)
+class DiscoveryQuery:
+    """What a worker discovers and how, resolved from the spec (durations in seconds)."""
+
+    mode: Mode = "Auto"
+    services: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    node_meta: Mapping[str, str] = field(default_factory=dict)
+    filter: str = ""
+    health_filter: str = ""
+    tag_separator: str = ","
+    datacenter: str = ""
+    refresh_interval: float = 30.0
+    max_concurrent: int = 100
+    watch_timeout: float = 120.0
+
+    @classmethod
+    def from_spec(cls, spec: ConsulDiscoverySpec) -> DiscoveryQuery:
+        selector = spec.selector
+        return cls(
+            mode=spec.mode,
+            services=tuple(selector.services),
+            tags=tuple(selector.tags),
+            node_meta=dict(selector.node_meta),
+            filter=selector.filter,
+            health_filter=selector.health_filter,
+            tag_separator=spec.tag_separator,
+            datacenter=spec.consul.datacenter,
+            refresh_interval=spec.refresh_seconds,
+            max_concurrent=spec.max_concurrent,
+            watch_timeout=spec.watch_seconds,
+        )
+
+    @property
+    def uses_catalog(self) -> bool:
+        """Prometheus skips the catalog when only exact service names are configured."""
+        return not self.services or bool(self.tags) or bool(self.filter)
+
+    def matches(self, name: str, tags: Iterable[str]) -> bool:
+        """Prometheus's ``shouldWatch``: listed name (or no list) and every required tag."""
+        if self.services and name not in self.services:
+            return False
+        present = set(tags)
+        return all(tag in present for tag in self.tags)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The whole discovered state at one moment, as a worker publishes it."""
+
+    groups: Mapping[str, TargetGroup]
+    mode: EffectiveMode
+    complete: bool
+    matched: int
+    failed: Mapping[str, ConsulError] = field(default_factory=dict)
+    error: ConsulError | None = None
+    duration: float = 0.0
+    requests: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+    @property
+    def targets(self) -> int:
+        return count_targets(self.groups)
+
+    @property
+    def problem(self) -> ConsulError | None:
+        """The error a status should show: the catalog's, else the first failed service's."""
+        if self.error is not None:
+            return self.error
+        for name in sorted(self.failed):
+            return self.failed[name]
+        return None
+
+
+Publish = Callable[[Snapshot], Awaitable[None]]
+
+
+def is_publishable(snapshot: Snapshot, *, published_before: bool) -> bool:
+    """Whether a sink may write ``snapshot``: the one rule that keeps outputs whole.
+
+    Until a complete snapshot was written, only a complete one is; after that any snapshot that
+    is not a whole-discovery failure (its failed services carry their previous targets).
+    """
+    return snapshot.complete or (published_before and snapshot.error is None)
+
+
+class DiscoveryIncomplete(Exception):
+    """``discover_once`` could not get every matched service."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        problem = snapshot.problem
+        missing = snapshot.matched - len(snapshot.groups)
+        detail = f"{problem.reason}: {problem}" if problem else "no answer"
+        super().__init__(f"{missing} of {snapshot.matched} services not discovered ({detail})")
+        self.snapshot = snapshot
+
+
+async def run_discovery(*, query: DiscoveryQuery, client: ConsulClient, publish: Publish) -> None:
+    """Run the worker for ``query.mode`` until cancelled."""
+    query = await _with_datacenter(query=query, client=client, publish=publish)
+    if query.mode == "Polling":
+        await poll_services(query=query, client=client, publish=publish)
+    elif query.mode == "Blocking":
+        await watch_services(query=query, client=client, publish=publish)
+    else:
+        await run_auto(query=query, client=client, publish=publish)
+
+
+async def discover_once(*, query: DiscoveryQuery, client: ConsulClient) -> Snapshot:
+    """One complete discovery in ``query.mode``; :class:`DiscoveryIncomplete` if it is not."""
+    first: asyncio.Future[Snapshot] = asyncio.get_running_loop().create_future()
+
+    async def take_first(snapshot: Snapshot) -> None:
+        if not first.done():
+            first.set_result(snapshot)
+
+    task = asyncio.create_task(run_discovery(query=query, client=client, publish=take_first))
+    try:
+        waiters: set[asyncio.Future[Any]] = {task, first}
+        done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        if first not in done:
+            task.result()  # the worker died: raise its error
+        snapshot = first.result()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    if not snapshot.complete:
+        raise DiscoveryIncomplete(snapshot)
+    return snapshot
+
+
+async def _with_datacenter(
+    *, query: DiscoveryQuery, client: ConsulClient, publish: Publish
+) -> DiscoveryQuery:
+    """Fill in the agent's datacenter, as Prometheus does, retrying until Consul answers."""
+    if query.datacenter:
+        return query
+    rng = random.Random()
+    failures = 0
+    while True:
+        try:
+            return replace(query, datacenter=await client.agent_datacenter())
+        except ConsulError as error:
+            await publish(
+                Snapshot(
+                    groups={},
+                    mode="Polling" if query.mode == "Polling" else "Blocking",
+                    complete=False,
+                    matched=0,
+                    error=error,
+                    requests=client.stats.take(),
+                )
+            )
+            await asyncio.sleep(_error_delay(failures, rng=rng, cap=ERROR_BACKOFF_CAP))
+            failures += 1
+
+
+def _error_delay(failures: int, *, rng: random.Random, cap: float) -> float:
+    cap = max(ERROR_BACKOFF_BASE, cap)
+    return backoff_delay(failures, base=ERROR_BACKOFF_BASE, cap=cap, rng=rng)
+
+
+async def list_matched_services(
+    *, query: DiscoveryQuery, client: ConsulClient, index: int = 0, wait: float | None = None
+) -> tuple[list[str], int]:
+    """Matched service names (sorted) and the catalog index; no request without the catalog."""
+    if not query.uses_catalog:
+        return sorted(set(query.services)), 0
+    services, answered = await client.list_services(
+        index=index, wait=wait, node_meta=query.node_meta, filter_expr=query.filter
+    )
+    return sorted(name for name, tags in services.items() if query.matches(name, tags)), answered
+
+
+async def fetch_target_group(
+    name: str,
+    *,
+    query: DiscoveryQuery,
+    client: ConsulClient,
+    index: int = 0,
+    wait: float | None = None,
+    unchanged_index: int | None = None,
+) -> tuple[TargetGroup | None, int]:
+    """The targets of one service (``None`` when its index is ``unchanged_index``)."""
+    instances, answered = await client.service_instances(
+        name,
+        tags=query.tags,
+        index=index,
+        wait=wait,
+        node_meta=query.node_meta,
+        filter_expr=query.health_filter,
+        unchanged_index=unchanged_index,
+    )
+    if instances is None:
+        return None, answered
+    group = build_target_group(
+        service=name,
+        datacenter=query.datacenter,
+        instances=instances,
+        tag_separator=query.tag_separator,
+    )
+    return group, answered
+
+
+# --------------------------------------------------------------------------------------- Polling
+
+
+async def poll_services(
+    *,
+    query: DiscoveryQuery,
+    client: ConsulClient,
+    publish: Publish,
+    seed: Mapping[str, TargetGroup] | None = None,
+) -> None:
+    """Polling: list, fetch every service with bounded concurrency, publish, sleep; forever."""
+    loop = asyncio.get_running_loop()
+    rng = random.Random()
+    known: dict[str, TargetGroup] = dict(seed or {})
+    indexes: dict[str, int] = {}
+    listed = False
+    failures = 0
+    while True:
+        started = loop.time()
+        try:
+            names, _ = await list_matched_services(query=query, client=client)
+        except ConsulError as error:
+            await publish(
+                Snapshot(
+                    groups=dict(known),
+                    mode="Polling",
+                    complete=listed,
+                    matched=len(known),
+                    error=error,
+                    duration=loop.time() - started,
+                    requests=client.stats.take(),
+                )
+            )
+            await asyncio.sleep(_error_delay(failures, rng=rng, cap=query.refresh_interval))
+            failures += 1
+            continue
+        failures = 0
+        listed = True
+        # A service whose index has not moved is not decoded or rebuilt: skip unchanged indexes.
+        unchanged = {name: indexes[name] for name in known if name in indexes}
+        results = await fetch_all(
+            names,
+            fetch=functools.partial(_fetch_polled, query=query, client=client, unchanged=unchanged),
+            max_concurrent=query.max_concurrent,
+        )
+        failed: dict[str, ConsulError] = {}
+        fresh: dict[str, TargetGroup] = {}
+        for name in names:
+            result = results[name]
+            if isinstance(result, ConsulError):
+                failed[name] = result
+                if name in known:
+                    fresh[name] = known[name]
+                continue
+            group, indexes[name] = result
+            fresh[name] = known[name] if group is None else group
+        for name in set(indexes) - set(fresh):
+            del indexes[name]
+        known = fresh
+        await publish(
+            Snapshot(
+                groups=dict(known),
+                mode="Polling",
+                complete=len(known) == len(names),
+                matched=len(names),
+                failed=failed,
+                duration=loop.time() - started,
+                requests=client.stats.take(),
+            )
+        )
+        await asyncio.sleep(max(0.0, started + query.refresh_interval - loop.time()))
+
+
+async def _fetch_polled(
+    name: str, *, query: DiscoveryQuery, client: ConsulClient, unchanged: Mapping[str, int]
+) -> tuple[TargetGroup | None, int]:
+    return await fetch_target_group(
+        name, query=query, client=client, unchanged_index=unchanged.get(name)
+    )
+
+
+async def fetch_all(
+    names: Sequence[str],
+    *,
+    fetch: Callable[[str], Awaitable[_T]],
+    max_concurrent: int,
+) -> dict[str, _T | ConsulError]:
+    """``fetch`` every name with at most ``max_concurrent`` calls in flight.
+
+    A fixed pool of workers drains one iterator, rather than a task per name behind a semaphore,
+    so 20000 services cost ``max_concurrent`` tasks. A :class:`ConsulError` is kept as the
+    name's result; any other exception cancels the whole batch.
+    """
+    results: dict[str, _T | ConsulError] = {}
+    pending = iter(names)
+
+    async def drain() -> None:
+        for name in pending:
+            try:
+                results[name] = await fetch(name)
+            except ConsulError as error:
+                results[name] = error
+
+    async with asyncio.TaskGroup() as group:
+        for _ in range(min(max_concurrent, len(names))):
+            group.create_task(drain())
+    return results
+
+
+# -------------------------------------------------------------------------------------- Blocking
+
+
+@dataclass
+class _WatchState:
+    """What the blocking watches know, shared by them and the publisher."""
+
+    known: dict[str, TargetGroup]
+    watched: set[str] = field(default_factory=set)
+    answered: set[str] = field(default_factory=set)
+    failed: dict[str, ConsulError] = field(default_factory=dict)
+    listed: bool = False
+    catalog_error: ConsulError | None = None
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def ready(self) -> bool:
+        """The first publication waits for every watch's first answer (or failure)."""
+        if self.catalog_error is not None:
+            return True
+        return self.listed and all(
+            name in self.answered or name in self.failed for name in self.watched
+        )
+
+    def snapshot(self, client: ConsulClient) -> Snapshot:
+        groups = {name: self.known[name] for name in self.watched if name in self.known}
+        return Snapshot(
+            groups=groups,
+            mode="Blocking",
+            complete=self.listed and len(groups) == len(self.watched),
+            matched=len(self.watched),
+            failed=dict(self.failed),
+            error=self.catalog_error,
+            requests=client.stats.take(),
+        )
+
+
+async def watch_services(
+    *,
+    query: DiscoveryQuery,
+    client: ConsulClient,
+    publish: Publish,
+    seed: Mapping[str, TargetGroup] | None = None,
+) -> None:
+    """Blocking: a long-poll on the catalog and one per matched service; forever."""
+    state = _WatchState(known=dict(seed or {}))
+    slots = asyncio.Semaphore(query.max_concurrent)
+    watches: dict[str, asyncio.Task[None]] = {}
+    async with asyncio.TaskGroup() as group:
+        group.create_task(_publish_changes(state=state, client=client, publish=publish))
+
+        def reconcile(names: Iterable[str]) -> None:
+            wanted = set(names)
+            for name in sorted(wanted - set(watches)):
+                watches[name] = group.create_task(
+                    watch_service(name, query=query, client=client, state=state, slots=slots)
+                )
+            for name in set(watches) - wanted:
+                watches.pop(name).cancel()
+                state.known.pop(name, None)
+                state.answered.discard(name)
+                state.failed.pop(name, None)
+            state.watched = wanted
+            state.listed = True
+            state.changed.set()
+
+        if not query.uses_catalog:
+            reconcile(query.services)
+            return  # the TaskGroup keeps the service watches running
+        await _watch_catalog(query=query, client=client, state=state, reconcile=reconcile)
+
+
+async def _watch_catalog(
+    *,
+    query: DiscoveryQuery,
+    client: ConsulClient,
+    state: _WatchState,
+    reconcile: Callable[[Iterable[str]], None],
+) -> None:
+    loop = asyncio.get_running_loop()
+    rng = random.Random()
+    index = 0
+    failures = 0
+    while True:
+        started = loop.time()
+        try:
+            names, answered = await list_matched_services(
+                query=query, client=client, index=index, wait=query.watch_timeout
+            )
+        except ConsulError as error:
+            state.catalog_error = error
+            state.changed.set()
+            await asyncio.sleep(_error_delay(failures, rng=rng, cap=ERROR_BACKOFF_CAP))
+            failures += 1
+            continue
+        failures = 0
+        if state.catalog_error is not None:
+            state.catalog_error = None
+            state.changed.set()
+        if answered != index or not state.listed:
+            reconcile(names)
+        index = next_index(previous=index, answered=answered)
+        await asyncio.sleep(max(0.0, started + query.refresh_interval - loop.time()))
+
+
+async def watch_service(
+    name: str,
+    *,
+    query: DiscoveryQuery,
+    client: ConsulClient,
+    state: _WatchState,
+    slots: asyncio.Semaphore,
+) -> None:
+    """One service's long-poll loop: publish on a new index, keep targets on errors."""
+    loop = asyncio.get_running_loop()
+    rng = random.Random()
+    index = 0
+    failures = 0
+    while True:
+        started = loop.time()
+        try:
+            async with slots:
+                group, answered = await fetch_target_group(
+                    name,
+                    query=query,
+                    client=client,
+                    index=index,
+                    wait=query.watch_timeout,
+                    unchanged_index=index if index > 0 else None,
+                )
+        except ConsulError as error:
+            state.failed[name] = error
+            state.changed.set()
+            await asyncio.sleep(_error_delay(failures, rng=rng, cap=ERROR_BACKOFF_CAP))
+            failures += 1
+            continue
+        failures = 0
+        if name in state.failed:
+            del state.failed[name]
+            state.changed.set()
+        if name not in state.answered:
+            state.answered.add(name)
+            state.changed.set()
+        if group is not None and state.known.get(name) != group:
+            state.known[name] = group
+            state.changed.set()
+        index = next_index(previous=index, answered=answered)
+        # Prometheus's refresh_interval ticker: a flapping service is re-queried at most this often.
+        await asyncio.sleep(max(0.0, started + query.refresh_interval - loop.time()))
+
+
+async def _publish_changes(*, state: _WatchState, client: ConsulClient, publish: Publish) -> None:
+    while True:
+        await state.changed.wait()
+        # Let the other watches that answered in the same burst land first.
+        await asyncio.sleep(PUBLISH_COALESCE_SECONDS)
+        state.changed.clear()
+        if state.ready():
+            await publish(state.snapshot(client))
+
+
+# ------------------------------------------------------------------------------------------ Auto
+
+
+async def run_auto(*, query: DiscoveryQuery, client: ConsulClient, publish: Publish) -> None:
+    """Auto: Blocking below AUTO_POLLING_AT matched services, Polling at or above."""
+    rng = random.Random()
+    failures = 0
+    while True:
+        try:
+            names, _ = await list_matched_services(query=query, client=client)
+            break
+        except ConsulError as error:
+            await publish(
+                Snapshot(
+                    groups={},
+                    mode="Blocking",
+                    complete=False,
+                    matched=0,
+                    error=error,
+                    requests=client.stats.take(),
+                )
+            )
+            await asyncio.sleep(_error_delay(failures, rng=rng, cap=ERROR_BACKOFF_CAP))
+            failures += 1
+    mode: EffectiveMode = choose_mode(matched=len(names), current=None)
+    seed: Mapping[str, TargetGroup] = {}
+    while True:
+        switch_to: asyncio.Future[EffectiveMode] = asyncio.get_running_loop().create_future()
+
+        async def observe(
+            snapshot: Snapshot,
+            current: EffectiveMode = mode,
+            switch: asyncio.Future[EffectiveMode] = switch_to,
+        ) -> None:
+            nonlocal seed
+            seed = snapshot.groups
+            await publish(snapshot)
+            wanted = choose_mode(matched=snapshot.matched, current=current)
+            if wanted != current and snapshot.error is None and not switch.done():
+                switch.set_result(wanted)
+
+        worker = poll_services if mode == "Polling" else watch_services
+        task = asyncio.create_task(worker(query=query, client=client, publish=observe, seed=seed))
+        try:
+            waiters: set[asyncio.Future[Any]] = {task, switch_to}
+            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            if switch_to not in done:
+                task.result()
+                raise RuntimeError("discovery worker returned")
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        logger.info(
+            "auto mode: switching from %s to %s at %d services",
+            mode,
+            switch_to.result(),
+            len(seed),
+        )
+        mode = switch_to.result()
+
+
+def choose_mode(*, matched: int, current: EffectiveMode | None) -> EffectiveMode:
+    """Auto's decision with hysteresis, so a count hovering at the threshold does not flap."""
+    if current == "Polling":
+        return "Blocking" if matched < AUTO_BLOCKING_BELOW else "Polling"
+    return "Polling" if matched >= AUTO_POLLING_AT else "Blocking"

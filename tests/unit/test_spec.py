@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from consul_sd.spec import SpecError, parse_spec
+from consul_sd.workers import DiscoveryQuery
+
+MINIMAL: dict[str, Any] = {"consul": {"server": "consul.consul.svc:8500"}}
+
+
+def problems(data: dict[str, Any], **kwargs: bool) -> list[str]:
+    with pytest.raises(SpecError) as caught:
+        parse_spec(data, **kwargs)
+    return caught.value.problems
+
+
+def test_a_minimal_spec_gets_prometheus_defaults() -> None:
+    spec = parse_spec(MINIMAL)
+    assert spec.mode == "Auto"
+    assert spec.refresh_seconds == 30
+    assert spec.watch_seconds == 120
+    assert spec.max_concurrent == 100
+    assert spec.tag_separator == ","
+    assert spec.consul.allow_stale is True
+    assert spec.consul.scheme == "http"
+
+
+def test_yaml_field_names_are_camel_case() -> None:
+    spec = parse_spec(
+        {
+            "consul": {"server": "c:8500", "tokenSecretRef": {"name": "t", "key": "token"}},
+            "selector": {"nodeMeta": {"rack": "r1"}, "healthFilter": "Service.Port == 80"},
+            "maxConcurrent": 200,
+            "refreshInterval": "5m",
+            "watchTimeout": "30s",
+        }
+    )
+    assert spec.selector.node_meta == {"rack": "r1"}
+    assert spec.consul.token_secret_ref is not None
+    query = DiscoveryQuery.from_spec(spec)
+    assert (query.max_concurrent, query.refresh_interval, query.watch_timeout) == (200, 300, 30)
+
+
+def test_problems_name_the_field_and_the_rule() -> None:
+    found = problems({**MINIMAL, "maxConcurrent": 0, "refreshInterval": "5x", "mode": "Fast"})
+    assert "spec.maxConcurrent: must be >= 1" in found
+    assert "spec.refreshInterval: '5x' is not a duration like 30s, 5m or 1h30m" in found
+    assert "spec.mode: must be one of 'Auto', 'Polling' or 'Blocking'" in found
+
+
+def test_unknown_fields_are_rejected_not_ignored() -> None:
+    assert problems({**MINIMAL, "refreshIntervall": "1m"}) == [
+        "spec.refreshIntervall: unknown field"
+    ]
+
+
+def test_the_server_is_required() -> None:
+    assert problems({"consul": {}}) == ["spec.consul.server: required"]
+
+
+def test_watch_timeout_is_capped_at_consuls_ten_minutes() -> None:
+    assert problems({**MINIMAL, "watchTimeout": "11m"}) == [
+        "spec.watchTimeout: must be at most 10m (Consul's limit)"
+    ]
+    assert parse_spec({**MINIMAL, "watchTimeout": "10m"}).watch_seconds == 600
+
+
+def test_a_zero_refresh_interval_is_rejected() -> None:
+    assert problems({**MINIMAL, "refreshInterval": "0s"}) == [
+        "spec.refreshInterval: must be greater than 0s"
+    ]
+
+
+def test_cross_field_rules_name_their_object() -> None:
+    found = problems(
+        {
+            "consul": {
+                "server": "c:8500",
+                "tls": {"certSecretRef": {"name": "c", "key": "tls.crt"}},
+                "tokenSecretRef": {"name": "t", "key": "k"},
+                "basicAuthSecretRef": {"name": "b"},
+            }
+        }
+    )
+    assert "spec.consul.tls: certSecretRef and keySecretRef must be set together" in found
+
+
+def test_the_operator_requires_an_output() -> None:
+    assert problems(MINIMAL, require_output=True) == [
+        "spec.output: required (configMap, scrapeConfig, or both)"
+    ]
+    assert problems({**MINIMAL, "output": {}}) == [
+        "spec.output: set configMap, scrapeConfig, or both"
+    ]
+
+
+def test_only_exact_services_skip_the_catalog_as_in_prometheus() -> None:
+    assert not DiscoveryQuery(services=("a",)).uses_catalog
+    assert DiscoveryQuery(services=("a",), tags=("t",)).uses_catalog
+    assert DiscoveryQuery(services=("a",), filter="x").uses_catalog
+    assert DiscoveryQuery().uses_catalog
+
+
+def test_a_service_must_carry_every_required_tag() -> None:
+    query = DiscoveryQuery(tags=("a", "b"))
+    assert query.matches("s", ["a", "b", "c"])
+    assert not query.matches("s", ["a"])
+    assert not DiscoveryQuery(services=("x",)).matches("s", [])
