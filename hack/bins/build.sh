@@ -50,7 +50,7 @@ build_one() {
     if [ ! -x "$out" ]; then
       echo "building $name (first time: several minutes) ..." >&2
       local start=$SECONDS
-      (cd "$here/$name" && GONOSUMDB=$nosumdb \
+      (cd "$here/$name" && GONOSUMDB=${nosumdb:-${GONOSUMDB:-}} \
         go build ${tags:+-tags "$tags"} -ldflags "$ldflags" -o "$out.tmp" "$pkg")
       mv "$out.tmp" "$out"
       echo "built $name in $((SECONDS - start))s" >&2

@@ -83,7 +83,27 @@ def build_parser() -> argparse.ArgumentParser:
     simulator_cli.add_arguments(simulate)
     simulate.set_defaults(run=lambda args: asyncio.run(simulator_cli.run(args)))
 
+    operator = commands.add_parser(
+        "operator",
+        help="run the Kubernetes operator (kopf) that reconciles ConsulDiscovery objects",
+        description="Reconcile ConsulDiscovery objects into file_sd ConfigMaps and ScrapeConfigs. "
+        "Credentials: in-cluster, else KUBECONFIG.",
+    )
+    add_operator_arguments(operator)
+    operator.set_defaults(run=_run_operator)
     return parser
+
+
+def add_operator_arguments(parser: argparse.ArgumentParser) -> None:
+    from consul_sd import handlers  # noqa: PLC0415 - kopf loads only for this command
+
+    handlers.add_operator_arguments(parser)
+
+
+def _run_operator(args: argparse.Namespace) -> int:
+    from consul_sd import handlers  # noqa: PLC0415 - kopf loads only for this command
+
+    return handlers.run_operator(args)
 
 
 def add_discover_arguments(parser: argparse.ArgumentParser) -> None:

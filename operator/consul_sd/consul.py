@@ -1,7 +1,8 @@
 """Consul HTTP client for discovery: the catalog list and per-service health entries.
 
 One :class:`ConsulClient` per worker owns one aiohttp session whose connector caps open
-connections, so a worker can never open more than ``max_connections`` sockets to Consul. It sends
+connections, so a worker can never open more than ``max_connections`` sockets to Consul; an
+adaptive limit below that cap backs off when Consul answers 429 (see ``limiter``). It sends
 the parameters Prometheus's consul_sd sends (dc, ns, partition, stale, node-meta, tag, filter) and
 the token only in the ``X-Consul-Token`` header. Blocking queries follow Consul's client rules:
 the index is reset when it goes backwards and never sent below 1, and the request timeout is sized
@@ -30,6 +31,7 @@ from urllib.parse import quote
 import aiohttp
 
 from consul_sd.backoff import backoff_delay
+from consul_sd.limiter import AdaptiveLimit
 
 HEALTH_PASSING: Final = "passing"
 HEALTH_WARNING: Final = "warning"
@@ -189,6 +191,7 @@ class ConsulClient:
         self._request_timeout = request_timeout
         self._observer = observer
         self._rng = random.Random()
+        self.concurrency = AdaptiveLimit(max_connections)
         self._session: aiohttp.ClientSession | None = None
         headers = {"Accept": "application/json"}
         if endpoint.token:
@@ -331,15 +334,18 @@ class ConsulClient:
         while True:
             started = time.monotonic()
             try:
-                result = await self._get_once(
-                    session=session,
-                    url=url,
-                    path=path,
-                    params=params,
-                    limits=timeout,
-                    unchanged_index=unchanged_index,
-                )
+                async with self.concurrency.slot():
+                    result = await self._get_once(
+                        session=session,
+                        url=url,
+                        path=path,
+                        params=params,
+                        limits=timeout,
+                        unchanged_index=unchanged_index,
+                    )
             except ConsulError as error:
+                if isinstance(error, ConsulRateLimited):
+                    self.concurrency.record_rejection()
                 self._record(endpoint, _outcome(error), started)
                 attempt += 1
                 if not error.retryable or attempt >= self._retry.attempts:
@@ -353,6 +359,7 @@ class ConsulClient:
                     )
                 )
                 continue
+            self.concurrency.record_success()
             self._record(endpoint, "ok", started)
             return result
 

@@ -67,6 +67,8 @@ class DiscoveryQuery:
     refresh_interval: float = 30.0
     max_concurrent: int = 100
     watch_timeout: float = 120.0
+    auto_polling_at: int = AUTO_POLLING_AT
+    auto_blocking_below: int = AUTO_BLOCKING_BELOW
 
     @classmethod
     def from_spec(cls, spec: ConsulDiscoverySpec) -> DiscoveryQuery:
@@ -270,7 +272,6 @@ async def poll_services(
     rng = random.Random()
     known: dict[str, TargetGroup] = dict(seed or {})
     indexes: dict[str, int] = {}
-    listed = False
     failures = 0
     while True:
         started = loop.time()
@@ -279,9 +280,11 @@ async def poll_services(
         except ConsulError as error:
             await publish(
                 Snapshot(
+                    # The current catalog is unknown: the last known set is shown for status,
+                    # but never offered as complete (a sink keeps what it wrote).
                     groups=dict(known),
                     mode="Polling",
-                    complete=listed,
+                    complete=False,
                     matched=len(known),
                     error=error,
                     duration=loop.time() - started,
@@ -548,7 +551,7 @@ async def run_auto(*, query: DiscoveryQuery, client: ConsulClient, publish: Publ
             )
             await asyncio.sleep(_error_delay(failures, rng=rng, cap=ERROR_BACKOFF_CAP))
             failures += 1
-    mode: EffectiveMode = choose_mode(matched=len(names), current=None)
+    mode: EffectiveMode = choose_mode(matched=len(names), current=None, query=query)
     seed: Mapping[str, TargetGroup] = {}
     while True:
         switch_to: asyncio.Future[EffectiveMode] = asyncio.get_running_loop().create_future()
@@ -561,7 +564,7 @@ async def run_auto(*, query: DiscoveryQuery, client: ConsulClient, publish: Publ
             nonlocal seed
             seed = snapshot.groups
             await publish(snapshot)
-            wanted = choose_mode(matched=snapshot.matched, current=current)
+            wanted = choose_mode(matched=snapshot.matched, current=current, query=query)
             if wanted != current and snapshot.error is None and not switch.done():
                 switch.set_result(wanted)
 
@@ -585,8 +588,10 @@ async def run_auto(*, query: DiscoveryQuery, client: ConsulClient, publish: Publ
         mode = switch_to.result()
 
 
-def choose_mode(*, matched: int, current: EffectiveMode | None) -> EffectiveMode:
+def choose_mode(
+    *, matched: int, current: EffectiveMode | None, query: DiscoveryQuery
+) -> EffectiveMode:
     """Auto's decision with hysteresis, so a count hovering at the threshold does not flap."""
     if current == "Polling":
-        return "Blocking" if matched < AUTO_BLOCKING_BELOW else "Polling"
-    return "Polling" if matched >= AUTO_POLLING_AT else "Blocking"
+        return "Blocking" if matched < query.auto_blocking_below else "Polling"
+    return "Polling" if matched >= query.auto_polling_at else "Blocking"

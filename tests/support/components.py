@@ -366,6 +366,7 @@ class _Component:
             name, argv, log_path=self.workdir / f"{name}.log", env=env, cwd=self.workdir
         )
         self._processes.append(process)
+        self._save_state()  # so that a CLI run killed half-way still leaves the pids behind
         return process
 
     def _started(self, fn: Callable[[], None]) -> None:

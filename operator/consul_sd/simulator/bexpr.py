@@ -6,9 +6,9 @@ Supported: selectors as dotted paths (``Service.Meta.env``) or with a quoted ind
 and parentheses; values as "double-quoted" or `backtick` strings, numbers or bare words.
 
 As in go-bexpr, a selector is checked against the shape of the rows being filtered when the
-expression is compiled (an unknown field is an error), a path that crosses a list (``Checks.Status``)
-matches when ANY element matches, and a missing map key reads as the empty string. Not supported:
-JSON-pointer selectors (``/Service/Meta``) and bexpr's configurable evaluator options.
+expression is compiled (an unknown field is an error), a path that crosses a list
+(``Checks.Status``) matches when ANY element matches, and a missing map key reads as the empty
+string. Not supported: JSON-pointer selectors (``/Service/Meta``) and bexpr's evaluator options.
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ class FilterError(ValueError):
 
 
 def compile_filter(expression: str, schema: Schema) -> Predicate:
-    """Compile ``expression`` for rows shaped like ``schema`` (JSON objects as Consul renders them)."""
+    """Compile ``expression`` for rows shaped like ``schema`` (JSON objects, as Consul renders)."""
     parser = _Parser(_tokenize(expression), schema)
     predicate = parser.expression()
     if parser.peek() is not None:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-__all__ = ["Catalog", "CatalogError", "Check", "Instance", "Node", "dump_json"]
+__all__ = ["Catalog", "Check", "ConsulError", "Instance", "Node", "dump_json"]
 
 HEALTH_STATES = ("passing", "warning", "critical")
 
@@ -33,8 +33,8 @@ def dump_json(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-class CatalogError(Exception):
-    """A write Consul would reject; ``status`` and ``message`` are what its HTTP API answers."""
+class ConsulError(Exception):
+    """A request Consul would refuse; ``status`` and ``message`` are what its HTTP API answers."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -241,7 +241,9 @@ class Catalog:
     def __init__(self, *, datacenter: str, on_change: Callable[[set[str]], None]) -> None:
         self.datacenter = datacenter
         self._on_change = on_change
-        self.raft_index = 0
+        # A real cluster has applied raft entries (elections, autopilot, ...) before the first
+        # catalog write, so that write lands above the index 1 an empty catalog reports.
+        self.raft_index = 10
         self.nodes: dict[str, Node] = {}
         self.instances: dict[str, dict[str, Instance]] = {}  # node -> service ID -> instance
         self.by_name: dict[str, dict[tuple[str, str], Instance]] = {}  # name -> (node, ID) -> ..
@@ -283,14 +285,14 @@ class Catalog:
     def register(self, body: Mapping[str, Any]) -> int:
         """Apply a PUT /v1/catalog/register body; returns the raft index of the write."""
         if not isinstance(body, Mapping):
-            raise CatalogError(400, "Request decode failed: expected a JSON object")
+            raise ConsulError(400, "Request decode failed: expected a JSON object")
         node_name = _opt_str(body, "Node")
         if not node_name:
-            raise CatalogError(500, "Must provide node")
+            raise ConsulError(500, "Must provide node")
         skip_node_update = bool(body.get("SkipNodeUpdate", False))
         address = _opt_str(body, "Address")
         if not address and not skip_node_update:
-            raise CatalogError(500, "Must provide address if SkipNodeUpdate is not set")
+            raise ConsulError(500, "Must provide address if SkipNodeUpdate is not set")
         self._check_dc(body)
         node = Node(
             name=node_name,
@@ -314,10 +316,10 @@ class Catalog:
     def deregister(self, body: Mapping[str, Any]) -> int:
         """Apply a PUT /v1/catalog/deregister body; returns the raft index of the write."""
         if not isinstance(body, Mapping):
-            raise CatalogError(400, "Request decode failed: expected a JSON object")
+            raise ConsulError(400, "Request decode failed: expected a JSON object")
         node_name = _opt_str(body, "Node")
         if not node_name:
-            raise CatalogError(500, "Must provide node")
+            raise ConsulError(500, "Must provide node")
         self._check_dc(body)
         service_id = _opt_str(body, "ServiceID")
         check_id = _opt_str(body, "CheckID")
@@ -333,10 +335,10 @@ class Catalog:
     def set_check_status(self, *, node: str, check_id: str, status: str) -> int:
         """Change one check's status, as an agent's anti-entropy sync would; returns the index."""
         if status not in HEALTH_STATES:
-            raise CatalogError(400, f"Invalid check status {status!r}")
+            raise ConsulError(400, f"Invalid check status {status!r}")
         existing = self.checks.get(node, {}).get(check_id)
         if existing is None:
-            raise CatalogError(404, f"no check {check_id!r} on node {node!r}")
+            raise ConsulError(404, f"no check {check_id!r} on node {node!r}")
         idx = self._begin()
         self._ensure_check(replace(existing, status=status), idx)
         return self._commit(idx)
@@ -344,30 +346,30 @@ class Catalog:
     def _check_dc(self, body: Mapping[str, Any]) -> None:
         dc = _opt_str(body, "Datacenter")
         if dc and dc != self.datacenter:
-            raise CatalogError(500, "No path to datacenter")
+            raise ConsulError(500, "No path to datacenter")
 
     def _parse_service(self, node: str, raw: Any) -> Instance | None:
         if raw is None:
             return None
         if not isinstance(raw, Mapping):
-            raise CatalogError(400, "Request decode failed: Service must be an object")
+            raise ConsulError(400, "Request decode failed: Service must be an object")
         name = _opt_str(raw, "Service")
         if not name:
-            raise CatalogError(500, "Must provide service name with ID")
+            raise ConsulError(500, "Must provide service name with ID")
         tags = raw.get("Tags")
         if tags is not None and (
             not isinstance(tags, list) or not all(isinstance(t, str) for t in tags)
         ):
-            raise CatalogError(400, "Request decode failed: Tags must be a list of strings")
+            raise ConsulError(400, "Request decode failed: Tags must be a list of strings")
         port = raw.get("Port", 0)
         if port is None:
             port = 0
         if not isinstance(port, int) or isinstance(port, bool):
-            raise CatalogError(400, "Request decode failed: Port must be an integer")
+            raise ConsulError(400, "Request decode failed: Port must be an integer")
         weights = _weights(raw.get("Weights"))
         tagged = raw.get("TaggedAddresses")
         if tagged is not None and not isinstance(tagged, Mapping):
-            raise CatalogError(400, "Request decode failed: TaggedAddresses must be an object")
+            raise ConsulError(400, "Request decode failed: TaggedAddresses must be an object")
         return Instance(
             node=node,
             id=_opt_str(raw, "ID") or name,
@@ -393,27 +395,27 @@ class Catalog:
         extra = body.get("Checks")
         if extra is not None:
             if not isinstance(extra, list):
-                raise CatalogError(400, "Request decode failed: Checks must be a list")
+                raise ConsulError(400, "Request decode failed: Checks must be a list")
             raw_checks.extend(extra)
         checks: list[Check] = []
         for raw in raw_checks:
             if not isinstance(raw, Mapping):
-                raise CatalogError(400, "Request decode failed: a check must be an object")
+                raise ConsulError(400, "Request decode failed: a check must be an object")
             check_id = _opt_str(raw, "CheckID") or _opt_str(raw, "Name")
             if not check_id:
-                raise CatalogError(500, "Must provide a CheckID or a Name for each check")
+                raise ConsulError(500, "Must provide a CheckID or a Name for each check")
             check_node = _opt_str(raw, "Node") or node
             if check_node != node:
-                raise CatalogError(500, "Node mismatch in check registration")
+                raise ConsulError(500, "Node mismatch in check registration")
             status = _opt_str(raw, "Status") or "critical"
             if status not in HEALTH_STATES:
-                raise CatalogError(500, f"Invalid check status {status!r}")
+                raise ConsulError(500, f"Invalid check status {status!r}")
             service_id = _opt_str(raw, "ServiceID")
             target = inst if inst is not None and inst.id == service_id else None
             if service_id and target is None:
                 target = self.instances.get(node, {}).get(service_id)
                 if target is None:
-                    raise CatalogError(500, "Missing service registration")
+                    raise ConsulError(500, "Missing service registration")
             checks.append(
                 Check(
                     node=node,
@@ -652,7 +654,7 @@ def _opt_str(body: Mapping[str, Any], key: str) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise CatalogError(400, f"Request decode failed: {key} must be a string")
+        raise ConsulError(400, f"Request decode failed: {key} must be a string")
     return value
 
 
@@ -663,7 +665,7 @@ def _opt_str_map(body: Mapping[str, Any], key: str) -> dict[str, str] | None:
     if not isinstance(value, Mapping) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in value.items()
     ):
-        raise CatalogError(400, f"Request decode failed: {key} must map strings to strings")
+        raise ConsulError(400, f"Request decode failed: {key} must map strings to strings")
     return dict(value)
 
 

@@ -1,4 +1,4 @@
-"""Knobs and gauges of the Consul simulator: the ``Faults`` it injects and the ``Counters`` it keeps.
+"""Knobs and gauges of the Consul simulator: the ``Faults`` it injects, the ``Counters`` it keeps.
 
 Both are plain mutable objects shared with the HTTP layer, read on every request, so a change made
 by a test (or through ``PUT /_sim/faults``) takes effect on the next request. They are not
@@ -25,7 +25,7 @@ class Faults:
     """Fraction (0..1) of Consul requests answered with ``error_status``, body "simulated error"."""
     error_status: int = 500
     max_conns_per_client: int | None = None
-    """Consul's ``limits.http_max_conns_per_client``: a connection past it gets a raw 429, closed."""
+    """Consul's ``limits.http_max_conns_per_client``: a connection past it gets a raw 429."""
     reset_rate: float = 0.0
     """Fraction of Consul requests whose connection is aborted (RST) without any response."""
     slow_body: float = 0.0
@@ -37,7 +37,7 @@ class Faults:
     malformed_services: set[str] = field(default_factory=set)
     """Services whose health/catalog-service endpoints answer 200 with a truncated JSON body."""
     no_leader: bool = False
-    """Non-stale reads and all writes answer 500 "No cluster leader"; ``?stale`` reads still work."""
+    """Non-stale reads and writes answer 500 "No cluster leader"; ``?stale`` reads still work."""
 
     def update(self, changes: Mapping[str, Any]) -> None:
         """Merge a JSON-shaped mapping (field name -> value) into these faults, validating it."""
@@ -111,7 +111,7 @@ class Counters:
         self.peak_in_flight = self.in_flight
 
     def as_dict(self) -> dict[str, Any]:
-        """A plain dict copy (``responses_by_status`` keeps int keys; JSON turns them to strings)."""
+        """A plain dict copy (``responses_by_status`` keeps int keys; JSON makes them strings)."""
         return {
             "open_connections": self.open_connections,
             "peak_connections": self.peak_connections,

@@ -1,0 +1,141 @@
+"""kopf handlers: the only module that imports kopf, and the ``consul-sd operator`` entry point.
+
+One daemon per ConsulDiscovery runs :func:`consul_sd.runner.run_generation` for the CR's current
+``metadata.generation``. A spec edit starts a new generation's runner and cancels the old one;
+the new runner leaves the outputs in place until its first complete snapshot (see
+``runner.OutputPublisher``). Deletion stops the daemon; ownerReferences let the garbage collector
+remove the outputs.
+
+Settings follow the reference: the project's own finalizer and annotation prefix
+(``consul-sd.io``), never kopf's defaults; kopf posts only WARNING and above as events (our own
+events come from the runner); a liveness endpoint; a cancellation timeout so a stuck worker cannot
+block deletion. Handlers are never attached to the generated ConfigMaps or ScrapeConfigs, whose
+annotations kopf would otherwise fill.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+from prometheus_client import start_http_server
+
+from consul_sd import metrics
+from consul_sd.crd import GROUP, PLURAL, VERSION
+from consul_sd.kube import DiscoveryRef, Kube
+from consul_sd.runner import run_generation
+
+PREFIX = "consul-sd.io"
+FINALIZER = f"{PREFIX}/finalizer"
+GENERATION_POLL_SECONDS = 1.0
+CANCELLATION_TIMEOUT = 10.0
+
+
+@kopf.on.startup()
+def configure(*, settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=PREFIX, key="last-handled-configuration"
+    )
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    memo.kube = Kube.from_environment()
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=CANCELLATION_TIMEOUT)
+async def run_consul_discovery(
+    *,
+    name: str,
+    namespace: str | None,
+    uid: str,
+    meta: kopf.Meta,
+    spec: kopf.Spec,
+    stopped: kopf.DaemonStopped,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    memo: kopf.Memo,
+    **_: Any,
+) -> None:
+    """Keep one runner alive per generation of this ConsulDiscovery until it is deleted."""
+    assert namespace is not None, "ConsulDiscovery is namespaced"
+    kube: Kube = memo.kube
+    ref = DiscoveryRef(namespace=namespace, name=name, uid=uid)
+    generation: int | None = None
+    runner: asyncio.Task[None] | None = None
+    try:
+        while not stopped:
+            current = int(meta.get("generation") or 0)
+            if current != generation or runner is None or runner.done():
+                if runner is not None and runner.done() and not runner.cancelled():
+                    error = runner.exception()
+                    if error is not None:
+                        logger.error("discovery runner failed: %r; restarting", error)
+                        await asyncio.sleep(5)
+                await _stop(runner)
+                generation = current
+                logger.info("starting discovery for generation %d", generation)
+                runner = asyncio.create_task(
+                    run_generation(kube=kube, ref=ref, generation=generation, spec_data=dict(spec)),
+                    name=f"consul-sd {namespace}/{name}",
+                )
+            await stopped.wait(GENERATION_POLL_SECONDS)
+    finally:
+        await _stop(runner)
+        metrics.forget(namespace, name)
+
+
+async def _stop(task: asyncio.Task[None] | None) -> None:
+    if task is not None and not task.done():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+@kopf.on.probe(id="discoveries")
+def count_discoveries(**_: Any) -> int:
+    return sum(1 for task in asyncio.all_tasks() if task.get_name().startswith("consul-sd "))
+
+
+# ----------------------------------------------------------------------------------- command
+
+
+def add_operator_arguments(parser: argparse.ArgumentParser) -> None:
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        default=[],
+        help="watch only this namespace (repeatable); default: the whole cluster",
+    )
+    scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace")
+    parser.add_argument(
+        "--standalone",
+        action="store_true",
+        help="no peering: run as the only instance (the chart's default, with one replica)",
+    )
+    parser.add_argument("--peering-name", default=None, help="kopf peering object to join")
+    parser.add_argument("--liveness-port", type=int, default=8080, help="0 disables /healthz")
+    parser.add_argument("--metrics-port", type=int, default=9090, help="0 disables /metrics")
+    parser.add_argument("--bind-address", default="0.0.0.0", help="address of both ports")
+
+
+def run_operator(args: argparse.Namespace) -> int:
+    """``consul-sd operator``: kopf's runner with this module's handlers."""
+    if args.metrics_port:
+        start_http_server(args.metrics_port, addr=args.bind_address)
+    liveness = None
+    if args.liveness_port:
+        liveness = f"http://{args.bind_address}:{args.liveness_port}/healthz"
+    namespaces = tuple(args.namespace)
+    kopf.run(
+        standalone=args.standalone or None,
+        peering_name=args.peering_name,
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        liveness_endpoint=liveness,
+    )
+    return 0

@@ -1,0 +1,383 @@
+"""Every worker rule, against the Consul simulator, in virtual time (looptime).
+
+The simulator runs in the test's event loop, so its latency and blocking waits are virtual too:
+a test that waits minutes of Consul time finishes in milliseconds of real time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from consul_sd.consul import ConsulClient, ConsulEndpoint, RetryPolicy
+from consul_sd.render import render_file_sd
+from consul_sd.simulator import ConsulSimulator
+from consul_sd.spec import Mode
+from consul_sd.workers import (
+    DiscoveryQuery,
+    Snapshot,
+    choose_mode,
+    discover_once,
+    is_publishable,
+    run_discovery,
+)
+
+pytestmark = pytest.mark.looptime
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[ConsulSimulator]:
+    async with ConsulSimulator(jitter=False) as simulator:
+        yield simulator
+
+
+def client_for(sim: ConsulSimulator, *, connections: int = 20) -> ConsulClient:
+    return ConsulClient(
+        endpoint=ConsulEndpoint(server=sim.address),
+        max_connections=connections,
+        retry=RetryPolicy(attempts=3, base_delay=0.1, max_delay=1.0),
+    )
+
+
+def instance(service: str, node: str, *, port: int = 80, sid: str | None = None) -> dict[str, Any]:
+    return {
+        "Node": node,
+        "Address": f"10.1.0.{len(node)}",
+        "Service": {"ID": sid or f"{service}-{node}", "Service": service, "Port": port},
+    }
+
+
+class Recorder:
+    """Collects published snapshots; ``next()`` waits for the next one."""
+
+    def __init__(self) -> None:
+        self.snapshots: list[Snapshot] = []
+        self._event = asyncio.Event()
+
+    async def publish(self, snapshot: Snapshot) -> None:
+        self.snapshots.append(snapshot)
+        self._event.set()
+
+    async def next(self, *, timeout: float = 600) -> Snapshot:
+        seen = len(self.snapshots)
+        async with asyncio.timeout(timeout):
+            while len(self.snapshots) == seen:
+                self._event.clear()
+                await self._event.wait()
+        return self.snapshots[-1]
+
+    async def until(
+        self, predicate: Callable[[Snapshot], bool], *, timeout: float = 600
+    ) -> Snapshot:
+        async with asyncio.timeout(timeout):
+            while True:
+                snapshot = await self.next(timeout=timeout)
+                if predicate(snapshot):
+                    return snapshot
+
+
+async def running(
+    coroutine: Awaitable[None],
+) -> asyncio.Task[None]:
+    return asyncio.ensure_future(coroutine)
+
+
+def ids(snapshot: Snapshot, service: str) -> list[str]:
+    return [t.label_dict()["__meta_consul_service_id"] for t in snapshot.groups.get(service, ())]
+
+
+async def stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+# --------------------------------------------------------------------------------- Polling
+
+
+async def test_polling_never_has_more_requests_in_flight_than_max_concurrent(
+    sim: ConsulSimulator,
+) -> None:
+    sim.generate(services=300, instances=2, nodes=20)
+    sim.faults.latency = 0.05
+    sim.counters.reset()
+    query = DiscoveryQuery(mode="Polling", max_concurrent=10, datacenter="dc1")
+    async with client_for(sim, connections=11) as client:
+        snapshot = await discover_once(query=query, client=client)
+    assert snapshot.matched == 300 and snapshot.targets == 600
+    assert 1 < sim.counters.peak_in_flight <= 10
+    assert sim.counters.peak_connections <= 11
+    assert sim.counters.requests["health_service"] == 300
+
+
+async def test_failed_service_keeps_its_previous_targets(sim: ConsulSimulator) -> None:
+    sim.register(instance("web", "n1"))
+    sim.register(instance("db", "n1"))
+    recorder = Recorder()
+    query = DiscoveryQuery(mode="Polling", refresh_interval=30, datacenter="dc1")
+    async with client_for(sim) as client:
+        task = await running(run_discovery(query=query, client=client, publish=recorder.publish))
+        first = await recorder.next()
+        assert ids(first, "web") == ["web-n1"]
+        sim.faults.fail_services = {"web"}
+        sim.register(instance("web", "n2"))
+        second = await recorder.next()
+        await stop(task)
+    assert ids(second, "web") == ["web-n1"]
+    assert set(second.failed) == {"web"}
+    assert second.complete and is_publishable(second, published_before=True)
+
+
+async def test_a_service_that_never_answered_makes_the_snapshot_incomplete(
+    sim: ConsulSimulator,
+) -> None:
+    sim.register(instance("web", "n1"))
+    sim.register(instance("db", "n1"))
+    sim.faults.fail_services = {"db"}
+    recorder = Recorder()
+    query = DiscoveryQuery(mode="Polling", datacenter="dc1")
+    async with client_for(sim) as client:
+        task = await running(run_discovery(query=query, client=client, publish=recorder.publish))
+        snapshot = await recorder.next()
+        await stop(task)
+    assert not snapshot.complete
+    assert not is_publishable(snapshot, published_before=False)
+
+
+async def test_vanished_services_are_cleared(sim: ConsulSimulator) -> None:
+    sim.register(instance("web", "n1"))
+    sim.register(instance("gone", "n1"))
+    recorder = Recorder()
+    query = DiscoveryQuery(mode="Polling", refresh_interval=10, datacenter="dc1")
+    async with client_for(sim) as client:
+        task = await running(run_discovery(query=query, client=client, publish=recorder.publish))
+        assert set((await recorder.next()).groups) == {"web", "gone"}
+        sim.deregister({"Node": "n1", "ServiceID": "gone-n1"})
+        snapshot = await recorder.next()
+        await stop(task)
+    assert set(snapshot.groups) == {"web"}
+    assert snapshot.complete
+
+
+async def test_a_catalog_outage_never_publishes_an_empty_or_partial_set(
+    sim: ConsulSimulator,
+) -> None:
+    sim.register(instance("web", "n1"))
+    recorder = Recorder()
+    query = DiscoveryQuery(mode="Polling", refresh_interval=10, datacenter="dc1")
+    async with client_for(sim) as client:
+        task = await running(run_discovery(query=query, client=client, publish=recorder.publish))
+        good = await recorder.next()
+        sim.faults.error_rate = 1.0
+        outage = await recorder.next()
+        sim.faults.error_rate = 0.0
+        recovered = await recorder.until(lambda s: s.error is None)
+        await stop(task)
+    assert outage.error is not None and outage.error.reason == "ConsulServerError"
+    assert outage.groups == good.groups
+    assert not is_publishable(outage, published_before=True)
+    assert recovered.groups == good.groups
+
+
+async def test_a_cold_start_outage_publishes_nothing_writable(sim: ConsulSimulator) -> None:
+    sim.register(instance("web", "n1"))
+    sim.faults.error_rate = 1.0
+    recorder = Recorder()
+    query = DiscoveryQuery(mode="Polling", datacenter="dc1")
+    async with client_for(sim) as client:
+        task = await running(run_discovery(query=query, client=client, publish=recorder.publish))
+        snapshot = await recorder.next()
+        await stop(task)
+    assert snapshot.groups == {} and not snapshot.complete
+    assert not is_publishable(snapshot, published_before=False)
+
+
+async def test_rate_limited_connections_are_retried_until_every_target_is_found(
+    sim: ConsulSimulator,
+) -> None:
+    sim.generate(services=40, instances=1, nodes=5)
+    sim.faults.max_conns_per_client = 5
+    sim.faults.latency = 0.2
+    recorder = Recorder()
+    query = DiscoveryQuery(mode="Polling", max_concurrent=20, refresh_interval=5, datacenter="dc1")
+    async with client_for(sim, connections=21) as client:
+        task = await running(run_discovery(query=query, client=client, publish=recorder.publish))
+        snapshot = await recorder.until(lambda s: s.complete and not s.failed)
+        await stop(task)
+    assert sim.counters.connections_refused_429 > 0
+    assert snapshot.targets == 40
+    for earlier in recorder.snapshots:
+        # Until every service answered, nothing was offered as complete.
+        assert earlier.complete == (len(earlier.groups) == earlier.matched)
+
+
+async def test_cancellation_mid_cycle_stops_every_request_promptly(sim: ConsulSimulator) -> None:
+    sim.generate(services=50, instances=1, nodes=5)
+    sim.faults.latency = 20
+    query = DiscoveryQuery(mode="Polling", max_concurrent=10, datacenter="dc1")
+    before = asyncio.all_tasks()
+    async with client_for(sim) as client:
+        task = await running(run_discovery(query=query, client=client, publish=Recorder().publish))
+        await asyncio.sleep(21)  # the catalog answered; ten service requests are parked
+        assert sim.counters.in_flight == 10
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await stop(task)
+        assert loop.time() - started < 1
+    await asyncio.sleep(0.1)
+    leftover = asyncio.all_tasks() - before - {asyncio.current_task()}
+    # The simulator's own request handlers finish their latency; none of ours may linger.
+    assert [t for t in leftover if "RequestHandler" not in repr(t)] == []
+    assert sim.counters.open_connections == 0
+    assert task.cancelled()
+
+
+# -------------------------------------------------------------------------------- Blocking
+
+
+async def test_blocking_publishes_a_registration_on_its_next_answer(sim: ConsulSimulator) -> None:
+    sim.register(instance("web", "n1"))
+    recorder = Recorder()
+    query = DiscoveryQuery(mode="Blocking", refresh_interval=1, watch_timeout=120, datacenter="dc1")
+    async with client_for(sim) as client:
+        task = await running(run_discovery(query=query, client=client, publish=recorder.publish))
+        assert ids(await recorder.next(), "web") == ["web-n1"]
+        loop = asyncio.get_running_loop()
+        changed_at = loop.time()
+        sim.register(instance("web", "n2"))
+        snapshot = await recorder.next()
+        await stop(task)
+    assert ids(snapshot, "web") == ["web-n1", "web-n2"]
+    assert loop.time() - changed_at < 5  # not a watch timeout later
+
+
+async def test_blocking_holds_at_most_max_concurrent_long_polls(sim: ConsulSimulator) -> None:
+    sim.generate(services=50, instances=1, nodes=5)
+    recorder = Recorder()
+    query = DiscoveryQuery(mode="Blocking", max_concurrent=10, watch_timeout=60, datacenter="dc1")
+    sim.counters.reset()
+    async with client_for(sim, connections=11) as client:
+        task = await running(run_discovery(query=query, client=client, publish=recorder.publish))
+        first = await recorder.next()
+        await asyncio.sleep(600)  # ten minutes of long-polls rotating through the slots
+        await stop(task)
+    assert first.complete and first.targets == 50
+    # Ten service long-polls plus the catalog's.
+    assert sim.counters.peak_in_flight <= 11
+    assert sim.counters.peak_connections <= 11
+
+
+async def test_blocking_clears_a_deregistered_service(sim: ConsulSimulator) -> None:
+    sim.register(instance("web", "n1"))
+    sim.register(instance("gone", "n1"))
+    recorder = Recorder()
+    query = DiscoveryQuery(mode="Blocking", refresh_interval=1, datacenter="dc1")
+    async with client_for(sim) as client:
+        task = await running(run_discovery(query=query, client=client, publish=recorder.publish))
+        await recorder.next()
+        sim.deregister({"Node": "n1", "ServiceID": "gone-n1"})
+        snapshot = await recorder.until(lambda s: "gone" not in s.groups)
+        await stop(task)
+    assert set(snapshot.groups) == {"web"} and snapshot.complete
+
+
+async def test_blocking_failed_watch_keeps_targets_and_recovers(sim: ConsulSimulator) -> None:
+    sim.register(instance("web", "n1"))
+    recorder = Recorder()
+    query = DiscoveryQuery(mode="Blocking", refresh_interval=1, watch_timeout=10, datacenter="dc1")
+    async with client_for(sim) as client:
+        task = await running(run_discovery(query=query, client=client, publish=recorder.publish))
+        await recorder.next()
+        sim.faults.fail_services = {"web"}
+        failing = await recorder.until(lambda s: "web" in s.failed)
+        sim.faults.fail_services = set()
+        sim.register(instance("web", "n2"))
+        recovered = await recorder.until(lambda s: not s.failed and len(ids(s, "web")) == 2)
+        await stop(task)
+    assert ids(failing, "web") == ["web-n1"]
+    assert recovered.complete
+
+
+async def test_a_backwards_index_resets_the_watch_to_a_plain_read(sim: ConsulSimulator) -> None:
+    sim.register(instance("web", "n1"))
+    recorder = Recorder()
+    query = DiscoveryQuery(mode="Blocking", refresh_interval=1, watch_timeout=10, datacenter="dc1")
+    sent: list[int] = []
+    async with client_for(sim) as client:
+        original = client.service_instances
+
+        async def spy(name: str, **kwargs: Any) -> Any:
+            sent.append(kwargs["index"])
+            return await original(name, **kwargs)
+
+        client.service_instances = spy  # type: ignore[method-assign]
+        task = await running(run_discovery(query=query, client=client, publish=recorder.publish))
+        await recorder.next()
+        await asyncio.sleep(30)
+        sim.faults.index_backwards = True
+        await asyncio.sleep(30)
+        await stop(task)
+    restored = sent.index(0, 1)  # the first plain read after the initial one
+    assert all(index > 0 for index in sent[1:restored])
+    assert sent[restored + 1] > 0
+
+
+# ------------------------------------------------------------------------------------ Auto
+
+
+def test_auto_chooses_by_service_count_with_hysteresis() -> None:
+    query = DiscoveryQuery()
+    assert choose_mode(matched=999, current=None, query=query) == "Blocking"
+    assert choose_mode(matched=1000, current=None, query=query) == "Polling"
+    assert choose_mode(matched=950, current="Polling", query=query) == "Polling"
+    assert choose_mode(matched=899, current="Polling", query=query) == "Blocking"
+    assert choose_mode(matched=999, current="Blocking", query=query) == "Blocking"
+
+
+async def test_auto_switches_mode_when_the_count_crosses_and_keeps_targets(
+    sim: ConsulSimulator,
+) -> None:
+    sim.generate(services=18, instances=1, nodes=3)
+    recorder = Recorder()
+    query = DiscoveryQuery(
+        mode="Auto",
+        refresh_interval=1,
+        watch_timeout=10,
+        datacenter="dc1",
+        auto_polling_at=20,
+        auto_blocking_below=15,
+    )
+    async with client_for(sim) as client:
+        task = await running(run_discovery(query=query, client=client, publish=recorder.publish))
+        assert (await recorder.next()).mode == "Blocking"
+        for name in ("extra-1", "extra-2"):
+            sim.register(instance(name, "n9"))
+        polling = await recorder.until(lambda s: s.mode == "Polling")
+        for name in ("extra-1", "extra-2"):
+            sim.deregister({"Node": "n9", "ServiceID": f"{name}-n9"})
+        for i in range(4):  # the generated fleet puts service i on node i % 3
+            sim.deregister({"Node": f"node-{i % 3:03d}", "ServiceID": f"svc-{i:05d}-0"})
+        blocking = await recorder.until(lambda s: s.mode == "Blocking" and s.matched < 15)
+        await stop(task)
+    assert polling.targets == 20 and polling.complete
+    assert blocking.complete
+    assert all(s.targets > 0 for s in recorder.snapshots)
+
+
+@pytest.mark.parametrize("mode", ["Polling", "Blocking", "Auto"])
+async def test_every_mode_publishes_the_same_targets_for_the_same_state(
+    sim: ConsulSimulator, mode: Mode
+) -> None:
+    sim.generate(services=60, instances=3, nodes=7)
+    async with client_for(sim) as client:
+        snapshot = await discover_once(
+            query=DiscoveryQuery(mode=mode, datacenter="dc1"), client=client
+        )
+    async with client_for(sim) as client:
+        reference = await discover_once(
+            query=DiscoveryQuery(mode="Polling", datacenter="dc1"), client=client
+        )
+    assert render_file_sd(snapshot.groups) == render_file_sd(reference.groups)
+    assert snapshot.targets == 180
