@@ -295,7 +295,6 @@ async def poll_services(
             failures += 1
             continue
         failures = 0
-        listed = True
         # A service whose index has not moved is not decoded or rebuilt: skip unchanged indexes.
         unchanged = {name: indexes[name] for name in known if name in indexes}
         results = await fetch_all(

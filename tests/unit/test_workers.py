@@ -106,7 +106,8 @@ async def test_polling_never_has_more_requests_in_flight_than_max_concurrent(
     query = DiscoveryQuery(mode="Polling", max_concurrent=10, datacenter="dc1")
     async with client_for(sim, connections=11) as client:
         snapshot = await discover_once(query=query, client=client)
-    assert snapshot.matched == 300 and snapshot.targets == 600
+    assert snapshot.matched == 300
+    assert snapshot.targets == 600
     assert 1 < sim.counters.peak_in_flight <= 10
     assert sim.counters.peak_connections <= 11
     assert sim.counters.requests["health_service"] == 300
@@ -127,7 +128,8 @@ async def test_failed_service_keeps_its_previous_targets(sim: ConsulSimulator) -
         await stop(task)
     assert ids(second, "web") == ["web-n1"]
     assert set(second.failed) == {"web"}
-    assert second.complete and is_publishable(second, published_before=True)
+    assert second.complete
+    assert is_publishable(second, published_before=True)
 
 
 async def test_a_service_that_never_answered_makes_the_snapshot_incomplete(
@@ -175,7 +177,8 @@ async def test_a_catalog_outage_never_publishes_an_empty_or_partial_set(
         sim.faults.error_rate = 0.0
         recovered = await recorder.until(lambda s: s.error is None)
         await stop(task)
-    assert outage.error is not None and outage.error.reason == "ConsulServerError"
+    assert outage.error is not None
+    assert outage.error.reason == "ConsulServerError"
     assert outage.groups == good.groups
     assert not is_publishable(outage, published_before=True)
     assert recovered.groups == good.groups
@@ -190,7 +193,8 @@ async def test_a_cold_start_outage_publishes_nothing_writable(sim: ConsulSimulat
         task = await running(run_discovery(query=query, client=client, publish=recorder.publish))
         snapshot = await recorder.next()
         await stop(task)
-    assert snapshot.groups == {} and not snapshot.complete
+    assert snapshot.groups == {}
+    assert not snapshot.complete
     assert not is_publishable(snapshot, published_before=False)
 
 
@@ -263,7 +267,8 @@ async def test_blocking_holds_at_most_max_concurrent_long_polls(sim: ConsulSimul
         first = await recorder.next()
         await asyncio.sleep(600)  # ten minutes of long-polls rotating through the slots
         await stop(task)
-    assert first.complete and first.targets == 50
+    assert first.complete
+    assert first.targets == 50
     # Ten service long-polls plus the catalog's.
     assert sim.counters.peak_in_flight <= 11
     assert sim.counters.peak_connections <= 11
@@ -280,7 +285,8 @@ async def test_blocking_clears_a_deregistered_service(sim: ConsulSimulator) -> N
         sim.deregister({"Node": "n1", "ServiceID": "gone-n1"})
         snapshot = await recorder.until(lambda s: "gone" not in s.groups)
         await stop(task)
-    assert set(snapshot.groups) == {"web"} and snapshot.complete
+    assert set(snapshot.groups) == {"web"}
+    assert snapshot.complete
 
 
 async def test_blocking_failed_watch_keeps_targets_and_recovers(sim: ConsulSimulator) -> None:
@@ -361,7 +367,8 @@ async def test_auto_switches_mode_when_the_count_crosses_and_keeps_targets(
             sim.deregister({"Node": f"node-{i % 3:03d}", "ServiceID": f"svc-{i:05d}-0"})
         blocking = await recorder.until(lambda s: s.mode == "Blocking" and s.matched < 15)
         await stop(task)
-    assert polling.targets == 20 and polling.complete
+    assert polling.targets == 20
+    assert polling.complete
     assert blocking.complete
     assert all(s.targets > 0 for s in recorder.snapshots)
 
