@@ -26,9 +26,10 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import aiohttp
+from yarl import URL
 
 from consul_sd.backoff import backoff_delay
 from consul_sd.limiter import AdaptiveLimit
@@ -325,7 +326,10 @@ class ConsulClient:
         unchanged_index: int | None = None,
     ) -> tuple[Any, int]:
         session = self._open_session()
-        url = self.endpoint.base_url + path
+        # One pre-encoded URL: aiohttp's per-request params merging and re-quoting cost more
+        # than the rest of a small request together.
+        query = "?" + urlencode(params, quote_via=quote) if params else ""
+        url = URL(self.endpoint.base_url + path + query, encoded=True)
         if wait is not None and any(key == "index" for key, _ in params):
             timeout = aiohttp.ClientTimeout(total=wait + wait / 16 + _BLOCKING_MARGIN)
         else:
@@ -339,7 +343,6 @@ class ConsulClient:
                         session=session,
                         url=url,
                         path=path,
-                        params=params,
                         limits=timeout,
                         unchanged_index=unchanged_index,
                     )
@@ -372,16 +375,14 @@ class ConsulClient:
         self,
         *,
         session: aiohttp.ClientSession,
-        url: str,
+        url: URL,
         path: str,
-        params: list[tuple[str, str]],
         limits: aiohttp.ClientTimeout,
         unchanged_index: int | None,
     ) -> tuple[Any, int]:
         try:
             async with session.get(
                 url,
-                params=params,
                 timeout=limits,
                 server_hostname=self.endpoint.server_name or None,
                 allow_redirects=True,
@@ -471,61 +472,62 @@ def parse_health_entries(data: Any, *, where: str) -> list[Instance]:
 
 
 def _parse_entry(entry: Any, *, where: str) -> Instance:
+    # The hot path of a cold discovery (21000 entries at 7000 services): checks inline.
     if not isinstance(entry, dict):
         raise ConsulBadResponse(f"{where}: expected an object")
-    node = _obj(entry.get("Node"), where=f"{where}: Node")
-    service = _obj(entry.get("Service"), where=f"{where}: Service")
-    checks_raw = entry.get("Checks") or []
-    if not isinstance(checks_raw, list):
+    node = entry.get("Node")
+    service = entry.get("Service")
+    if not isinstance(node, dict):
+        raise ConsulBadResponse(f"{where}: Node is not an object")
+    if not isinstance(service, dict):
+        raise ConsulBadResponse(f"{where}: Service is not an object")
+    checks_raw = entry.get("Checks") or ()
+    if not isinstance(checks_raw, list | tuple):
         raise ConsulBadResponse(f"{where}: Checks is not a list")
     checks = []
-    for i, raw_check in enumerate(checks_raw):
-        check = _obj(raw_check, where=f"{where}: Checks[{i}]")
-        checks.append(
-            Check(
-                check_id=_str(check, "CheckID", where=f"{where}: Checks[{i}]"),
-                status=_str(check, "Status", where=f"{where}: Checks[{i}]"),
-            )
-        )
-    port = service.get("Port", 0)
-    if port is None:
-        port = 0
+    for check in checks_raw:
+        if not isinstance(check, dict):
+            raise ConsulBadResponse(f"{where}: Checks has an element that is not an object")
+        check_id = check.get("CheckID") or ""
+        status = check.get("Status") or ""
+        if not isinstance(check_id, str) or not isinstance(status, str):
+            raise ConsulBadResponse(f"{where}: Checks has a CheckID or Status that is no string")
+        checks.append(Check(check_id, status))
+    port = service.get("Port") or 0
     if not isinstance(port, int) or isinstance(port, bool):
         raise ConsulBadResponse(f"{where}: Service.Port is not an integer")
-    tags = service.get("Tags") or []
-    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+    tags = service.get("Tags") or ()
+    if not isinstance(tags, list | tuple) or not all(isinstance(t, str) for t in tags):
         raise ConsulBadResponse(f"{where}: Service.Tags is not a list of strings")
+    strings = (
+        node.get("Node") or "",
+        node.get("Address") or "",
+        service.get("ID") or "",
+        service.get("Address") or "",
+        service.get("Namespace") or "",
+        service.get("Partition") or "",
+    )
+    if not all(type(value) is str for value in strings):
+        raise ConsulBadResponse(
+            f"{where}: Node.Node, Node.Address, Service.ID, "
+            "Service.Address, Namespace and Partition must be strings"
+        )
     return Instance(
-        node=_str(node, "Node", where=f"{where}: Node"),
-        node_address=_str(node, "Address", where=f"{where}: Node"),
+        node=strings[0],
+        node_address=strings[1],
         node_meta=_str_map(node.get("Meta"), where=f"{where}: Node.Meta"),
         node_tagged_addresses=_str_map(
             node.get("TaggedAddresses"), where=f"{where}: Node.TaggedAddresses"
         ),
-        service_id=_str(service, "ID", where=f"{where}: Service"),
-        service_address=_str(service, "Address", where=f"{where}: Service"),
+        service_id=strings[2],
+        service_address=strings[3],
         service_port=port,
         tags=tuple(tags),
         service_meta=_str_map(service.get("Meta"), where=f"{where}: Service.Meta"),
-        namespace=_str(service, "Namespace", where=f"{where}: Service"),
-        partition=_str(service, "Partition", where=f"{where}: Service"),
+        namespace=strings[4],
+        partition=strings[5],
         checks=tuple(checks),
     )
-
-
-def _obj(value: Any, *, where: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ConsulBadResponse(f"{where} is not an object")
-    return value
-
-
-def _str(obj: Mapping[str, Any], key: str, *, where: str) -> str:
-    value = obj.get(key)
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise ConsulBadResponse(f"{where}.{key} is not a string")
-    return value
 
 
 def _str_map(value: Any, *, where: str) -> Mapping[str, str]:

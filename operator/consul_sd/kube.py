@@ -90,9 +90,9 @@ class Kube:
     def from_environment(cls) -> Kube:
         """In-cluster credentials when running in a pod, else the kubeconfig (KUBECONFIG)."""
         try:
-            k8s_config.load_incluster_config()  # type: ignore[no-untyped-call]
+            k8s_config.load_incluster_config()
         except k8s_config.ConfigException:
-            k8s_config.load_kube_config()  # type: ignore[no-untyped-call]
+            k8s_config.load_kube_config()
         return cls(k8s.ApiClient())
 
     async def _call(self, function: Any, *args: Any, **kwargs: Any) -> Any:

@@ -17,6 +17,7 @@ bytes.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ TargetGroup = tuple[Target, ...]
 """All targets of one Consul service, sorted."""
 
 
+@functools.lru_cache(maxsize=65536)
 def sanitize_label_name(name: str) -> str:
     """Prometheus's ``strutil.SanitizeLabelName``: each invalid character becomes ``_``."""
     return _INVALID_LABEL_CHARS.sub("_", name)
@@ -64,26 +66,20 @@ def build_target_group(
     tag_separator: str,
 ) -> TargetGroup:
     """The targets of one service, labelled as Prometheus's consul_sd labels them."""
-    targets = [
-        _build_target(
-            service=service,
-            datacenter=datacenter,
-            instance=instance,
-            tag_separator=tag_separator,
+    keyed = [
+        (
+            (instance.node, instance.service_id),
+            _build_target(
+                service=service,
+                datacenter=datacenter,
+                instance=instance,
+                tag_separator=tag_separator,
+            ),
         )
         for instance in instances
     ]
-    targets.sort(key=_target_order)
-    return tuple(targets)
-
-
-def _target_order(target: Target) -> tuple[str, str, str]:
-    labels = dict(target.labels)
-    return (
-        labels.get("__meta_consul_node", ""),
-        labels.get("__meta_consul_service_id", ""),
-        target.address,
-    )
+    keyed.sort(key=lambda pair: (pair[0], pair[1].address))
+    return tuple(target for _, target in keyed)
 
 
 def _build_target(
@@ -120,6 +116,8 @@ def _build_target(
 
 def _prefixed(prefix: str, values: Mapping[str, str]) -> dict[str, str]:
     """``prefix + sanitised key`` for each entry, with the deterministic collision rule."""
+    if not values:
+        return {}
     chosen: dict[str, tuple[bool, str, str]] = {}
     for key, value in values.items():
         name = sanitize_label_name(key)

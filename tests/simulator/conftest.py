@@ -54,12 +54,12 @@ class Client:
         self.base = base
 
     async def get(
-        self, path: str, params: Params = None, headers: Mapping[str, str] | None = None
+        self, path: str, *, params: Params = None, headers: Mapping[str, str] | None = None
     ) -> Reply:
         async with self.session.get(self.base + path, params=params, headers=headers) as resp:
             return Reply(resp.status, resp.headers, await resp.read())
 
-    async def put(self, path: str, body: Any, headers: Mapping[str, str] | None = None) -> Reply:
+    async def put(self, path: str, *, body: Any, headers: Mapping[str, str] | None = None) -> Reply:
         async with self.session.put(self.base + path, json=body, headers=headers) as resp:
             return Reply(resp.status, resp.headers, await resp.read())
 

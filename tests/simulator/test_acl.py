@@ -52,7 +52,7 @@ async def test_anonymous_agent_self_and_writes_are_permission_denied(
     assert agent.status == 403
     assert agent.text.startswith("Permission denied: token with AccessorID")
     assert "agent:read" in agent.text
-    write = await client.put("/v1/catalog/register", instance_body("db"))
+    write = await client.put("/v1/catalog/register", body=instance_body("db"))
     assert write.status == 403
     assert "node:write" in write.text
     assert (await client.get("/v1/status/leader")).status == 200
@@ -66,7 +66,7 @@ async def test_an_unknown_token_is_acl_not_found_everywhere(
     for path in ("/v1/catalog/services", "/v1/health/service/web", "/v1/agent/self"):
         reply = await client.get(path, headers=wrong)
         assert (reply.status, reply.text) == (403, "ACL not found"), path
-    write = await client.put("/v1/catalog/deregister", {"Node": "node-a"}, headers=wrong)
+    write = await client.put("/v1/catalog/deregister", body={"Node": "node-a"}, headers=wrong)
     assert (write.status, write.text) == (403, "ACL not found")
 
 
@@ -84,7 +84,7 @@ async def test_the_configured_token_reads_everything(
     params: dict[str, str],
 ) -> None:
     _, client = acl_client
-    reply = await client.get("/v1/health/service/web", params, headers)
+    reply = await client.get("/v1/health/service/web", params=params, headers=headers)
     assert reply.status == 200
     assert len(reply.json()) == 1
     assert "X-Consul-Results-Filtered-By-Acls" not in reply.headers

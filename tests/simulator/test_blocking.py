@@ -37,7 +37,7 @@ async def test_blocking_query_returns_when_the_service_changes(
         10, lambda: sim.set_check_status(node="node-a", check_id="service:web-1", status="critical")
     )
     reply, elapsed = await timed(
-        client.get("/v1/health/service/web", {"index": str(index), "wait": "5m"})
+        client.get("/v1/health/service/web", params={"index": str(index), "wait": "5m"})
     )
     await flip
     assert reply.status == 200
@@ -53,7 +53,7 @@ async def test_blocking_query_times_out_after_wait_with_the_same_index(
     sim.register(instance_body("web"))
     index = (await client.get("/v1/health/service/web")).index
     reply, elapsed = await timed(
-        client.get("/v1/health/service/web", {"index": str(index), "wait": "30000ms"})
+        client.get("/v1/health/service/web", params={"index": str(index), "wait": "30000ms"})
     )
     assert reply.status == 200
     assert reply.index == index
@@ -72,7 +72,7 @@ async def test_blocking_query_ignores_changes_to_other_services(
         5, lambda: sim.set_check_status(node="node-a", check_id="service:db-1", status="critical")
     )
     reply, elapsed = await timed(
-        client.get("/v1/health/service/web", {"index": str(index), "wait": "1m"})
+        client.get("/v1/health/service/web", params={"index": str(index), "wait": "1m"})
     )
     await flip
     assert reply.index == index
@@ -90,7 +90,7 @@ async def test_catalog_services_blocking_query_ignores_check_flips_but_wakes_on_
     )
     later(20, lambda: sim.register(instance_body("db", service_id="db-1")))
     reply, elapsed = await timed(
-        client.get("/v1/catalog/services", {"index": str(index), "wait": "2m"})
+        client.get("/v1/catalog/services", params={"index": str(index), "wait": "2m"})
     )
     assert elapsed == pytest.approx(20, abs=0.5)
     assert set(reply.json()) == {"web", "db"}
@@ -104,7 +104,7 @@ async def test_blocking_on_a_missing_service_returns_when_it_is_registered(
     index = (await client.get("/v1/health/service/web")).index
     later(7, lambda: sim.register(instance_body("web")))
     reply, elapsed = await timed(
-        client.get("/v1/health/service/web", {"index": str(index), "wait": "1m"})
+        client.get("/v1/health/service/web", params={"index": str(index), "wait": "1m"})
     )
     assert elapsed == pytest.approx(7, abs=0.5)
     assert len(reply.json()) == 1
@@ -117,7 +117,7 @@ async def test_blocking_query_answers_at_once_when_the_index_is_already_past(
     sim.register(instance_body("web"))
     index = (await client.get("/v1/health/service/web")).index
     reply, elapsed = await timed(
-        client.get("/v1/health/service/web", {"index": str(index - 1), "wait": "1m"})
+        client.get("/v1/health/service/web", params={"index": str(index - 1), "wait": "1m"})
     )
     assert reply.index == index
     assert elapsed < 0.5
@@ -128,9 +128,9 @@ async def test_wait_defaults_to_five_minutes_and_is_capped_at_ten(
     sim: ConsulSimulator, client: Client
 ) -> None:
     index = (await client.get("/v1/catalog/nodes")).index
-    _, default_wait = await timed(client.get("/v1/catalog/nodes", {"index": str(index)}))
+    _, default_wait = await timed(client.get("/v1/catalog/nodes", params={"index": str(index)}))
     _, capped_wait = await timed(
-        client.get("/v1/catalog/nodes", {"index": str(index), "wait": "1h"})
+        client.get("/v1/catalog/nodes", params={"index": str(index), "wait": "1h"})
     )
     assert default_wait == pytest.approx(300, abs=0.5)
     assert capped_wait == pytest.approx(600, abs=0.5)
@@ -146,7 +146,9 @@ async def test_jitter_adds_up_to_a_sixteenth_of_the_wait(client: Client) -> None
             waits = [
                 (
                     await timed(
-                        client.get("/v1/catalog/nodes", {"index": str(index), "wait": "160s"})
+                        client.get(
+                            "/v1/catalog/nodes", params={"index": str(index), "wait": "160s"}
+                        )
                     )
                 )[1]
                 for _ in range(3)
@@ -158,9 +160,9 @@ async def test_jitter_adds_up_to_a_sixteenth_of_the_wait(client: Client) -> None
 
 
 async def test_an_unparsable_wait_or_index_is_a_bad_request(client: Client) -> None:
-    reply = await client.get("/v1/catalog/nodes", {"index": "1", "wait": "30"})
+    reply = await client.get("/v1/catalog/nodes", params={"index": "1", "wait": "30"})
     assert (reply.status, reply.text) == (400, "Invalid wait time")
-    reply = await client.get("/v1/catalog/nodes", {"index": "x"})
+    reply = await client.get("/v1/catalog/nodes", params={"index": "x"})
     assert (reply.status, reply.text) == (400, "Invalid index")
 
 
@@ -170,7 +172,7 @@ async def test_stopping_the_simulator_answers_parked_queries(
 ) -> None:
     index = (await client.get("/v1/catalog/nodes")).index
     parked = asyncio.create_task(
-        client.get("/v1/catalog/nodes", {"index": str(index), "wait": "10m"})
+        client.get("/v1/catalog/nodes", params={"index": str(index), "wait": "10m"})
     )
     await until(lambda: sim.counters.in_flight == 1, what="the query to park")
     await sim.stop()

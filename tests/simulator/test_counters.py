@@ -23,7 +23,7 @@ async def test_peak_in_flight_counts_parallel_parked_blocking_queries(
     sim.counters.reset()
     parked = [
         asyncio.create_task(
-            client.get("/v1/health/service/web", {"index": str(index), "wait": "5m"})
+            client.get("/v1/health/service/web", params={"index": str(index), "wait": "5m"})
         )
         for _ in range(parallel)
     ]
@@ -47,14 +47,14 @@ async def test_requests_are_counted_per_endpoint_kind_and_responses_per_status(
 ) -> None:
     await client.get("/v1/catalog/services")
     await client.get("/v1/health/service/a")
-    await client.get("/v1/health/service/b", {"dc": "elsewhere"})
+    await client.get("/v1/health/service/b", params={"dc": "elsewhere"})
     await client.get("/v1/catalog/service/a")
     await client.get("/v1/health/state/any")
     await client.get("/v1/catalog/nodes")
     await client.get("/v1/agent/self")
     await client.get("/v1/status/leader")
-    await client.put("/v1/catalog/register", instance_body("web"))
-    await client.put("/v1/catalog/deregister", {"Node": "node-a"})
+    await client.put("/v1/catalog/register", body=instance_body("web"))
+    await client.put("/v1/catalog/deregister", body={"Node": "node-a"})
     await client.get("/v1/nope")
     assert sim.counters.requests == {
         "catalog_services": 1,

@@ -24,7 +24,9 @@ async def test_connections_past_the_per_client_limit_get_consuls_429_and_are_clo
     await until(lambda: sim.counters.open_connections == 0, what="the first connection to close")
     sim.faults.max_conns_per_client = 2
     parked = [
-        asyncio.create_task(client.get("/v1/catalog/nodes", {"index": str(index), "wait": "1m"}))
+        asyncio.create_task(
+            client.get("/v1/catalog/nodes", params={"index": str(index), "wait": "1m"})
+        )
         for _ in range(2)
     ]
     await until(lambda: sim.counters.in_flight == 2, what="two parked queries")
@@ -88,7 +90,7 @@ async def test_index_backwards_reports_a_lower_index_and_parks_a_client_that_kee
     sim.faults.index_backwards = True
     loop = asyncio.get_running_loop()
     start = loop.time()
-    reply = await client.get("/v1/health/service/web", {"index": str(before), "wait": "30s"})
+    reply = await client.get("/v1/health/service/web", params={"index": str(before), "wait": "30s"})
     assert loop.time() - start == pytest.approx(30, abs=0.5)
     assert 1 <= reply.index < before
     assert (await client.get("/v1/catalog/services")).index < before
@@ -125,11 +127,11 @@ async def test_without_a_leader_only_stale_reads_work(sim: ConsulSimulator, clie
     sim.faults.no_leader = True
     default = await client.get("/v1/health/service/web")
     assert (default.status, default.text) == (500, "No cluster leader")
-    stale = await client.get("/v1/health/service/web", {"stale": ""})
+    stale = await client.get("/v1/health/service/web", params={"stale": ""})
     assert stale.status == 200
     assert stale.headers["X-Consul-Knownleader"] == "false"
     assert (await client.get("/v1/status/leader")).body == b'""'
-    write = await client.put("/v1/catalog/register", instance_body("db"))
+    write = await client.put("/v1/catalog/register", body=instance_body("db"))
     assert (write.status, write.text) == (500, "No cluster leader")
 
 
@@ -160,14 +162,14 @@ async def test_faults_can_be_merged_over_http_and_bad_ones_change_nothing(
     sim: ConsulSimulator, client: Client
 ) -> None:
     reply = await client.put(
-        "/_sim/faults", {"error_rate": 0.25, "fail_services": ["a", "b"], "no_leader": True}
+        "/_sim/faults", body={"error_rate": 0.25, "fail_services": ["a", "b"], "no_leader": True}
     )
     assert reply.status == 200
     assert reply.json()["fail_services"] == ["a", "b"]
     assert sim.faults.error_rate == 0.25
     assert sim.faults.fail_services == {"a", "b"}
     assert sim.faults.no_leader is True
-    bad = await client.put("/_sim/faults", {"latency": 1, "bogus": 1})
+    bad = await client.put("/_sim/faults", body={"latency": 1, "bogus": 1})
     assert bad.status == 400
     assert sim.faults.latency == 0.0
-    assert (await client.put("/_sim/faults", {"error_rate": 2})).status == 400
+    assert (await client.put("/_sim/faults", body={"error_rate": 2})).status == 400

@@ -44,16 +44,16 @@ async def test_read_answers_carry_consuls_headers_in_go_canonical_case(
     assert reply.headers["X-Consul-Lastcontact"] == "0"
     assert reply.headers["X-Consul-Effective-Consistency"] == "leader"
     assert reply.headers["Content-Type"] == "application/json"
-    stale = await client.get("/v1/health/service/web", {"stale": ""})
+    stale = await client.get("/v1/health/service/web", params={"stale": ""})
     assert stale.headers["X-Consul-Effective-Consistency"] == "stale"
 
 
 async def test_other_datacenter_is_no_path_and_own_datacenter_is_fine(
     fleet: ConsulSimulator, client: Client
 ) -> None:
-    reply = await client.get("/v1/health/service/web", {"dc": "dc2"})
+    reply = await client.get("/v1/health/service/web", params={"dc": "dc2"})
     assert (reply.status, reply.text) == (500, "No path to datacenter")
-    assert (await client.get("/v1/catalog/services", {"dc": "dc1"})).status == 200
+    assert (await client.get("/v1/catalog/services", params={"dc": "dc1"})).status == 200
 
 
 @pytest.mark.parametrize(
@@ -67,7 +67,7 @@ async def test_other_datacenter_is_no_path_and_own_datacenter_is_fine(
 async def test_namespaces_and_partitions_are_rejected_like_consul_ce(
     client: Client, params: dict[str, str], headers: dict[str, str], message: str
 ) -> None:
-    reply = await client.get("/v1/health/service/web", params, headers)
+    reply = await client.get("/v1/health/service/web", params=params, headers=headers)
     assert reply.status == 400
     assert message in reply.text
 
@@ -75,21 +75,21 @@ async def test_namespaces_and_partitions_are_rejected_like_consul_ce(
 async def test_node_meta_keeps_only_instances_on_matching_nodes(
     fleet: ConsulSimulator, client: Client
 ) -> None:
-    health = await client.get("/v1/health/service/web", {"node-meta": "rack:r2"})
+    health = await client.get("/v1/health/service/web", params={"node-meta": "rack:r2"})
     assert nodes_of(health.json()) == ["node-b"]
-    catalog = await client.get("/v1/catalog/service/web", [("node-meta", "rack:r1")])
+    catalog = await client.get("/v1/catalog/service/web", params=[("node-meta", "rack:r1")])
     assert [row["Node"] for row in catalog.json()] == ["node-a"]
-    services = await client.get("/v1/catalog/services", {"node-meta": "rack:r1"})
+    services = await client.get("/v1/catalog/services", params={"node-meta": "rack:r1"})
     assert services.json() == {"web": ["Prod", "http"]}
-    nodes = await client.get("/v1/catalog/nodes", [("node-meta", "rack:r2")])
+    nodes = await client.get("/v1/catalog/nodes", params=[("node-meta", "rack:r2")])
     assert [n["Node"] for n in nodes.json()] == ["node-b"]
     # Every pair must match; a repeated key keeps its last value, as Consul's map does.
     none = await client.get(
-        "/v1/health/service/web", [("node-meta", "rack:r1"), ("node-meta", "zone:z1")]
+        "/v1/health/service/web", params=[("node-meta", "rack:r1"), ("node-meta", "zone:z1")]
     )
     assert none.json() == []
     last = await client.get(
-        "/v1/health/service/web", [("node-meta", "rack:r1"), ("node-meta", "rack:r2")]
+        "/v1/health/service/web", params=[("node-meta", "rack:r1"), ("node-meta", "rack:r2")]
     )
     assert nodes_of(last.json()) == ["node-b"]
 
@@ -97,23 +97,23 @@ async def test_node_meta_keeps_only_instances_on_matching_nodes(
 async def test_tag_keeps_instances_carrying_all_tags_case_insensitively(
     fleet: ConsulSimulator, client: Client
 ) -> None:
-    one = await client.get("/v1/health/service/web", [("tag", "prod"), ("tag", "HTTP")])
+    one = await client.get("/v1/health/service/web", params=[("tag", "prod"), ("tag", "HTTP")])
     assert nodes_of(one.json()) == ["node-a"]
-    catalog = await client.get("/v1/catalog/service/web", {"tag": "canary"})
+    catalog = await client.get("/v1/catalog/service/web", params={"tag": "canary"})
     assert [row["Node"] for row in catalog.json()] == ["node-b"]
-    none = await client.get("/v1/health/service/web", [("tag", "prod"), ("tag", "canary")])
+    none = await client.get("/v1/health/service/web", params=[("tag", "prod"), ("tag", "canary")])
     assert none.json() == []
 
 
 async def test_passing_keeps_only_instances_whose_checks_all_pass(
     fleet: ConsulSimulator, client: Client
 ) -> None:
-    assert nodes_of((await client.get("/v1/health/service/web", {"passing": ""})).json()) == [
-        "node-a"
-    ]
-    everyone = await client.get("/v1/health/service/web", {"passing": "false"})
+    assert nodes_of(
+        (await client.get("/v1/health/service/web", params={"passing": ""})).json()
+    ) == ["node-a"]
+    everyone = await client.get("/v1/health/service/web", params={"passing": "false"})
     assert nodes_of(everyone.json()) == ["node-a", "node-b"]
-    bad = await client.get("/v1/health/service/web", {"passing": "maybe"})
+    bad = await client.get("/v1/health/service/web", params={"passing": "maybe"})
     assert (bad.status, bad.text) == (400, "Invalid value for ?passing")
 
 
@@ -121,7 +121,7 @@ async def test_a_node_level_warning_makes_an_instance_not_passing(
     fleet: ConsulSimulator, client: Client
 ) -> None:
     fleet.register(node_body(Check={"CheckID": "disk", "Name": "disk", "Status": "warning"}))
-    reply = await client.get("/v1/health/service/web", {"passing": "1"})
+    reply = await client.get("/v1/health/service/web", params={"passing": "1"})
     assert reply.json() == []
 
 
@@ -140,7 +140,7 @@ async def test_a_node_level_warning_makes_an_instance_not_passing(
 async def test_health_filter_selects_entries_like_bexpr(
     fleet: ConsulSimulator, client: Client, expression: str, expected: list[str]
 ) -> None:
-    reply = await client.get("/v1/health/service/web", {"filter": expression})
+    reply = await client.get("/v1/health/service/web", params={"filter": expression})
     assert reply.status == 200, reply.text
     assert nodes_of(reply.json()) == expected
 
@@ -148,15 +148,15 @@ async def test_health_filter_selects_entries_like_bexpr(
 async def test_catalog_filters_apply_to_service_node_rows(
     fleet: ConsulSimulator, client: Client
 ) -> None:
-    rows = await client.get("/v1/catalog/service/web", {"filter": "ServicePort == 9090"})
+    rows = await client.get("/v1/catalog/service/web", params={"filter": "ServicePort == 9090"})
     assert [r["ServiceID"] for r in rows.json()] == ["web-2"]
     # The services list keeps services with a matching row, with the tags of those rows only.
-    services = await client.get("/v1/catalog/services", {"filter": 'NodeMeta.rack == "r2"'})
+    services = await client.get("/v1/catalog/services", params={"filter": 'NodeMeta.rack == "r2"'})
     assert services.json() == {"db": ["sql"], "web": ["canary"]}
     assert services.index == (await client.get("/v1/catalog/services")).index
-    checks = await client.get("/v1/health/state/any", {"filter": 'ServiceName == "db"'})
+    checks = await client.get("/v1/health/state/any", params={"filter": 'ServiceName == "db"'})
     assert [c["CheckID"] for c in checks.json()] == ["service:db-1"]
-    nodes = await client.get("/v1/catalog/nodes", {"filter": "Address == `10.1.0.2`"})
+    nodes = await client.get("/v1/catalog/nodes", params={"filter": "Address == `10.1.0.2`"})
     assert [n["Node"] for n in nodes.json()] == ["node-b"]
 
 
@@ -167,7 +167,7 @@ async def test_catalog_filters_apply_to_service_node_rows(
 async def test_an_invalid_filter_is_a_bad_request(
     fleet: ConsulSimulator, client: Client, expression: str
 ) -> None:
-    reply = await client.get("/v1/health/service/web", {"filter": expression})
+    reply = await client.get("/v1/health/service/web", params={"filter": expression})
     assert reply.status == 400
     assert reply.text.startswith("Failed to create boolean expression evaluator")
 
@@ -194,5 +194,5 @@ async def test_agent_self_and_status_leader_answer_like_a_server_agent(client: C
 
 
 async def test_reads_with_the_wrong_method_are_refused(client: Client) -> None:
-    reply = await client.put("/v1/health/service/web", {})
+    reply = await client.put("/v1/health/service/web", body={})
     assert (reply.status, reply.text) == (405, "method PUT not allowed")

@@ -53,12 +53,12 @@ async def test_http_register_and_deregister_equal_the_python_methods(
         twin_client = Client(client.session, f"http://{twin.address}")
         for body in BODIES:
             sim.register(body)
-            reply = await twin_client.put("/v1/catalog/register", body)
+            reply = await twin_client.put("/v1/catalog/register", body=body)
             assert (reply.status, reply.body) == (200, b"true")
         assert await snapshot(twin_client) == await snapshot(client)
         for body in ({"Node": "node-a", "ServiceID": "web-1"}, {"Node": "node-c"}):
             sim.deregister(body)
-            assert (await twin_client.put("/v1/catalog/deregister", body)).body == b"true"
+            assert (await twin_client.put("/v1/catalog/deregister", body=body)).body == b"true"
         assert await snapshot(twin_client) == await snapshot(client)
 
 
@@ -102,7 +102,7 @@ async def test_invalid_registrations_are_refused_like_consul(
     message: str,
 ) -> None:
     raft_before = sim.catalog.raft_index
-    reply = await client.put("/v1/catalog/register", body)
+    reply = await client.put("/v1/catalog/register", body=body)
     assert reply.status == status
     assert reply.text.startswith(message)
     with pytest.raises(ConsulError) as caught:
@@ -123,17 +123,17 @@ async def test_the_check_endpoint_flips_a_check_like_set_check_status(
 ) -> None:
     sim.register(instance_body("web"))
     reply = await client.put(
-        "/_sim/check", {"Node": "node-a", "CheckID": "service:web-1", "Status": "critical"}
+        "/_sim/check", body={"Node": "node-a", "CheckID": "service:web-1", "Status": "critical"}
     )
     assert reply.status == 200
     assert reply.json()["Index"] == sim.catalog.service_index["web"]
     [check] = (await client.get("/v1/health/state/critical")).json()
     assert check["CheckID"] == "service:web-1"
     missing = await client.put(
-        "/_sim/check", {"node": "node-a", "check_id": "nope", "status": "passing"}
+        "/_sim/check", body={"node": "node-a", "check_id": "nope", "status": "passing"}
     )
     assert missing.status == 404
     bad = await client.put(
-        "/_sim/check", {"node": "node-a", "check_id": "service:web-1", "status": "sleepy"}
+        "/_sim/check", body={"node": "node-a", "check_id": "service:web-1", "status": "sleepy"}
     )
     assert bad.status == 400

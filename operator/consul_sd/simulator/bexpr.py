@@ -253,11 +253,13 @@ class _Parser:
             negate = self._is_word("not")
             self._pos += 2 if negate else 1
             selector = self._selector(self._next())
-            return _membership(self._schema, selector, first.text, negate=negate)
+            return _membership(selector, schema=self._schema, raw=first.text, negate=negate)
         selector = self._selector(first)
         op = self._next()
         if op.kind == "op" and op.text in ("==", "!="):
-            return _equality(self._schema, selector, self._value(), negate=op.text == "!=")
+            return _equality(
+                selector, schema=self._schema, raw=self._value(), negate=op.text == "!="
+            )
         if op.kind == "word" and op.text == "is":
             negate = self._is_word("not")
             if negate:
@@ -265,14 +267,14 @@ class _Parser:
             if not self._is_word("empty"):
                 raise FilterError("expected 'empty' after 'is'")
             self._pos += 1
-            return _emptiness(self._schema, selector, negate=negate)
+            return _emptiness(selector, schema=self._schema, negate=negate)
         negate = op.kind == "word" and op.text == "not"
         if negate:
             op = self._next()
         if op.kind == "word" and op.text == "contains":
-            return _membership(self._schema, selector, self._value(), negate=negate)
+            return _membership(selector, schema=self._schema, raw=self._value(), negate=negate)
         if op.kind == "word" and op.text == "matches":
-            return _matching(self._schema, selector, self._value(), negate=negate)
+            return _matching(selector, schema=self._schema, raw=self._value(), negate=negate)
         raise FilterError(f"expected an operator after {selector}, found {op.text!r}")
 
     def _value(self) -> str:
@@ -327,7 +329,7 @@ def _leaf_schema(schema: Schema, path: list[str]) -> Schema:
 # --- evaluation --------------------------------------------------------------------------------
 
 
-def _leaves(row: Row, schema: Schema, path: tuple[str, ...]) -> list[Any]:
+def _leaves(row: Row, *, schema: Schema, path: tuple[str, ...]) -> list[Any]:
     """All values the path reaches in ``row``: several when it crosses a list."""
     values: list[Any] = [row]
     current = schema
@@ -357,12 +359,12 @@ def _zero(kind: Schema, value: Any) -> Any:
     return {STRING: "", INT: 0, BOOL: False}.get(kind) if isinstance(kind, str) else None
 
 
-def _test_leaves(schema: Schema, selector: _Selector, test: Callable[[Any], bool]) -> Predicate:
+def _test_leaves(selector: _Selector, *, schema: Schema, test: Callable[[Any], bool]) -> Predicate:
     path, leaf = selector.path, selector.leaf
-    return lambda row: any(test(_zero(leaf, v)) for v in _leaves(row, schema, path))
+    return lambda row: any(test(_zero(leaf, v)) for v in _leaves(row, schema=schema, path=path))
 
 
-def _equality(schema: Schema, selector: _Selector, raw: str, *, negate: bool) -> Predicate:
+def _equality(selector: _Selector, *, schema: Schema, raw: str, negate: bool) -> Predicate:
     leaf = selector.leaf
     expected: Any
     if leaf == STRING:
@@ -378,32 +380,36 @@ def _equality(schema: Schema, selector: _Selector, raw: str, *, negate: bool) ->
         expected = raw == "true"
     else:
         raise FilterError(f'Selector "{selector}" is not valid for the == and != operators')
-    return _test_leaves(schema, selector, lambda v: (v == expected) != negate)
+    return _test_leaves(selector, schema=schema, test=lambda v: (v == expected) != negate)
 
 
-def _emptiness(schema: Schema, selector: _Selector, *, negate: bool) -> Predicate:
+def _emptiness(selector: _Selector, *, schema: Schema, negate: bool) -> Predicate:
     if selector.leaf in (INT, BOOL):
         raise FilterError(f'Selector "{selector}" cannot be tested for emptiness')
-    return _test_leaves(schema, selector, lambda v: (len(v or ()) == 0) != negate)
+    return _test_leaves(selector, schema=schema, test=lambda v: (len(v or ()) == 0) != negate)
 
 
-def _membership(schema: Schema, selector: _Selector, raw: str, *, negate: bool) -> Predicate:
+def _membership(selector: _Selector, *, schema: Schema, raw: str, negate: bool) -> Predicate:
     if selector.leaf in (INT, BOOL):
         raise FilterError(f'Selector "{selector}" is not valid for the in and contains operators')
     # For lists it is membership, for maps key presence, for strings a substring test.
-    return _test_leaves(schema, selector, lambda v: (raw in (v or ())) != negate)
+    return _test_leaves(selector, schema=schema, test=lambda v: (raw in (v or ())) != negate)
 
 
-def _matching(schema: Schema, selector: _Selector, raw: str, *, negate: bool) -> Predicate:
+def _matching(selector: _Selector, *, schema: Schema, raw: str, negate: bool) -> Predicate:
     try:
         pattern = re.compile(raw)
     except re.error as exc:
         raise FilterError(f"invalid regular expression {raw!r}: {exc}") from exc
     if selector.leaf == STRING:
-        return _test_leaves(schema, selector, lambda v: (pattern.search(v) is not None) != negate)
+        return _test_leaves(
+            selector, schema=schema, test=lambda v: (pattern.search(v) is not None) != negate
+        )
     if selector.leaf == STRINGS:
         return _test_leaves(
-            schema, selector, lambda v: any(pattern.search(s) for s in (v or ())) != negate
+            selector,
+            schema=schema,
+            test=lambda v: any(pattern.search(s) for s in (v or ())) != negate,
         )
     raise FilterError(f'Selector "{selector}" is not valid for the matches operator')
 

@@ -303,10 +303,10 @@ class Catalog:
             meta=_opt_str_map(body, "NodeMeta"),
         )
         inst = self._parse_service(node_name, body.get("Service"))
-        checks = self._parse_checks(node_name, body, inst)
+        checks = self._parse_checks(node_name, body=body, inst=inst)
 
         idx = self._begin()
-        self._ensure_node(node, idx, skip_update=skip_node_update)
+        self._ensure_node(node, idx=idx, skip_update=skip_node_update)
         if inst is not None:
             self._ensure_instance(inst, idx)
         for check in checks:
@@ -325,9 +325,9 @@ class Catalog:
         check_id = _opt_str(body, "CheckID")
         idx = self._begin()
         if service_id:
-            self._delete_instance(node_name, service_id, idx)
+            self._delete_instance(node_name, service_id=service_id, idx=idx)
         elif check_id:
-            self._delete_check(node_name, check_id, idx)
+            self._delete_check(node_name, check_id=check_id, idx=idx)
         else:
             self._delete_node(node_name, idx)
         return self._commit(idx)
@@ -387,7 +387,7 @@ class Catalog:
         )
 
     def _parse_checks(
-        self, node: str, body: Mapping[str, Any], inst: Instance | None
+        self, node: str, *, body: Mapping[str, Any], inst: Instance | None
     ) -> list[Check]:
         raw_checks: list[Any] = []
         if body.get("Check") is not None:
@@ -456,7 +456,7 @@ class Catalog:
         for inst in self.instances.get(node, {}).values():
             self._touch_service(inst.name, idx)
 
-    def _ensure_node(self, node: Node, idx: int, *, skip_update: bool) -> None:
+    def _ensure_node(self, node: Node, *, idx: int, skip_update: bool) -> None:
         existing = self.nodes.get(node.name)
         if existing is not None and (skip_update or existing.same(node)):
             return
@@ -526,7 +526,7 @@ class Catalog:
             if not group:
                 del self._checks_by_owner[owner]
 
-    def _delete_instance(self, node: str, service_id: str, idx: int) -> None:
+    def _delete_instance(self, node: str, *, service_id: str, idx: int) -> None:
         inst = self.instances.get(node, {}).pop(service_id, None)
         if inst is None:
             return
@@ -539,7 +539,7 @@ class Catalog:
         self._touch_table("services", idx)
         self._unlink_instance(inst, idx)
 
-    def _delete_check(self, node: str, check_id: str, idx: int) -> None:
+    def _delete_check(self, node: str, *, check_id: str, idx: int) -> None:
         check = self.checks.get(node, {}).pop(check_id, None)
         if check is None:
             return

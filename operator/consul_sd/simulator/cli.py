@@ -89,7 +89,14 @@ async def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await sim.start(host=args.host, port=args.port)
+        try:
+            await sim.start(host=args.host, port=args.port)
+        except OSError as exc:
+            print(
+                f"consul simulator: cannot listen on {args.host}:{args.port}: {exc}",
+                file=sys.stderr,
+            )
+            return 1
         print(
             f"consul simulator listening on {sim.address} "
             f"({args.services} services, {args.instances} instances)",

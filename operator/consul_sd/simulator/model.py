@@ -88,8 +88,11 @@ def _coerce_fault(name: str, value: Any) -> Any:
 class Counters:
     """What the simulator saw; ``open_connections`` and ``in_flight`` are gauges, the rest totals.
 
-    Only Consul endpoints count as requests; the ``/_sim`` control endpoints are left out so that
-    observing the counters does not change them (their connection still counts as open).
+    ``requests`` is keyed by endpoint kind: ``catalog_services``, ``health_service``,
+    ``catalog_service``, ``health_state``, ``catalog_nodes``, ``agent_self``, ``status_leader``,
+    ``register``, ``deregister``, and ``other`` for unknown paths. Only Consul endpoints count;
+    the ``/_sim`` control endpoints are left out so that observing the counters does not change
+    them (their connection still counts as open). ``in_flight`` includes parked blocking queries.
     """
 
     open_connections: int = 0

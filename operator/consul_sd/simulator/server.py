@@ -23,7 +23,6 @@ import struct
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Self
 
 from aiohttp import web
@@ -383,12 +382,7 @@ class ConsulSimulator:
         await self.start()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
     @property
@@ -432,12 +426,12 @@ class ConsulSimulator:
         kind, arg = _route(request.path)
         self.counters.request_started(kind)
         try:
-            return await self._handle_consul(request, kind, arg)
+            return await self._handle_consul(request, kind=kind, arg=arg)
         finally:
             self.counters.request_finished()
 
     async def _handle_consul(
-        self, request: web.BaseRequest, kind: str, arg: str
+        self, request: web.BaseRequest, *, kind: str, arg: str
     ) -> web.StreamResponse:
         if kind == "other":
             return self._text(404, "404 page not found\n")
@@ -454,7 +448,7 @@ class ConsulSimulator:
         try:
             if kind in _WRITES:
                 return await self._write(request, kind)
-            return await self._read(request, kind, arg)
+            return await self._read(request, kind=kind, arg=arg)
         except ConsulError as exc:
             return self._text(exc.status, exc.message)
 
@@ -501,6 +495,7 @@ class ConsulSimulator:
     async def _block(
         self,
         q: _Query,
+        *,
         index_of: Callable[[], int],
         scopes_of: Callable[[], Iterable[str]],
     ) -> int:
@@ -519,28 +514,28 @@ class ConsulSimulator:
                 break
         return self._visible(index_of())
 
-    async def _read(self, request: web.BaseRequest, kind: str, arg: str) -> web.StreamResponse:
+    async def _read(self, request: web.BaseRequest, *, kind: str, arg: str) -> web.StreamResponse:
         q = _Query.parse(request, datacenter=self.datacenter)
         if kind == "status_leader":
             # Status endpoints skip ACLs entirely; without a leader Consul answers "".
             body = b'""' if self.faults.no_leader else b'"127.0.0.1:8300"'
-            return await self._send(request, body)
+            return await self._send(request, body=body)
         anonymous = self._acl_anonymous(request)
         if kind == "agent_self":
             if anonymous:
                 raise ConsulError(403, self._permission_denied("agent:read", self.node_name))
-            return await self._send(request, self._agent_self, q=q)
+            return await self._send(request, body=self._agent_self, q=q)
         if self.faults.no_leader and not q.stale:
             raise ConsulError(500, "No cluster leader")
         if kind == "health_service":
-            return await self._health_service(request, q, arg, anonymous=anonymous)
+            return await self._health_service(request, q=q, name=arg, anonymous=anonymous)
         if kind == "catalog_service":
-            return await self._catalog_service(request, q, arg, anonymous=anonymous)
+            return await self._catalog_service(request, q=q, name=arg, anonymous=anonymous)
         if kind == "catalog_services":
-            return await self._catalog_services(request, q, anonymous=anonymous)
+            return await self._catalog_services(request, q=q, anonymous=anonymous)
         if kind == "health_state":
-            return await self._health_state(request, q, arg, anonymous=anonymous)
-        return await self._catalog_nodes(request, q, anonymous=anonymous)
+            return await self._health_state(request, q=q, state=arg, anonymous=anonymous)
+        return await self._catalog_nodes(request, q=q, anonymous=anonymous)
 
     @staticmethod
     def _permission_denied(permission: str, resource: str) -> str:
@@ -565,7 +560,7 @@ class ConsulSimulator:
             raise ConsulError(self.faults.error_status, "simulated error")
 
     async def _health_service(
-        self, request: web.BaseRequest, q: _Query, name: str, *, anonymous: bool
+        self, request: web.BaseRequest, *, q: _Query, name: str, anonymous: bool
     ) -> web.StreamResponse:
         passing = _bool_param(request.query, "passing")
         tags = request.query.getall("tag", [])
@@ -574,8 +569,8 @@ class ConsulSimulator:
         catalog = self.catalog
         index = await self._block(
             q,
-            lambda: catalog.index_for_service(name, checks=True),
-            lambda: catalog.scopes_for_service(name),
+            index_of=lambda: catalog.index_for_service(name, checks=True),
+            scopes_of=lambda: catalog.scopes_for_service(name),
         )
         filtered = False
         if name in self.faults.malformed_services:
@@ -596,10 +591,10 @@ class ConsulSimulator:
                     and (predicate is None or predicate(entry))
                 ]
             )
-        return await self._send(request, body, q=q, index=index, filtered=filtered, cache=True)
+        return await self._send(request, body=body, q=q, index=index, filtered=filtered, cache=True)
 
     async def _catalog_service(
-        self, request: web.BaseRequest, q: _Query, name: str, *, anonymous: bool
+        self, request: web.BaseRequest, *, q: _Query, name: str, anonymous: bool
     ) -> web.StreamResponse:
         tags = request.query.getall("tag", [])
         predicate = self._compile(q.filter, bexpr.SERVICE_NODE)
@@ -607,8 +602,8 @@ class ConsulSimulator:
         catalog = self.catalog
         index = await self._block(
             q,
-            lambda: catalog.index_for_service(name, checks=False),
-            lambda: catalog.scopes_for_service(name),
+            index_of=lambda: catalog.index_for_service(name, checks=False),
+            scopes_of=lambda: catalog.scopes_for_service(name),
         )
         filtered = False
         if name in self.faults.malformed_services:
@@ -628,14 +623,16 @@ class ConsulSimulator:
                     and (predicate is None or predicate(row))
                 ]
             )
-        return await self._send(request, body, q=q, index=index, filtered=filtered, cache=True)
+        return await self._send(request, body=body, q=q, index=index, filtered=filtered, cache=True)
 
     async def _catalog_services(
-        self, request: web.BaseRequest, q: _Query, *, anonymous: bool
+        self, request: web.BaseRequest, *, q: _Query, anonymous: bool
     ) -> web.StreamResponse:
         predicate = self._compile(q.filter, bexpr.SERVICE_NODE)
         catalog = self.catalog
-        index = await self._block(q, lambda: catalog.table_index["services"], lambda: ("services",))
+        index = await self._block(
+            q, index_of=lambda: catalog.table_index["services"], scopes_of=lambda: ("services",)
+        )
         filtered = False
         if anonymous:
             filtered = bool(catalog.by_name)
@@ -653,16 +650,18 @@ class ConsulSimulator:
                     ):
                         kept.setdefault(name, set()).update(row["ServiceTags"])
             body = dump_json({name: sorted(tags) for name, tags in kept.items()})
-        return await self._send(request, body, q=q, index=index, filtered=filtered, cache=True)
+        return await self._send(request, body=body, q=q, index=index, filtered=filtered, cache=True)
 
     async def _health_state(
-        self, request: web.BaseRequest, q: _Query, state: str, *, anonymous: bool
+        self, request: web.BaseRequest, *, q: _Query, state: str, anonymous: bool
     ) -> web.StreamResponse:
         if not state:
             raise ConsulError(400, "Missing check state")
         predicate = self._compile(q.filter, bexpr.HEALTH_CHECK)
         catalog = self.catalog
-        index = await self._block(q, lambda: catalog.table_index["checks"], lambda: ("checks",))
+        index = await self._block(
+            q, index_of=lambda: catalog.table_index["checks"], scopes_of=lambda: ("checks",)
+        )
         rows = catalog.check_rows(state)
         filtered = False
         if anonymous:
@@ -674,14 +673,16 @@ class ConsulSimulator:
             if _meta_matches(catalog.nodes[row["Node"]].meta, q.node_meta)
             and (predicate is None or predicate(row))
         ]
-        return await self._send(request, dump_json(rows), q=q, index=index, filtered=filtered)
+        return await self._send(request, body=dump_json(rows), q=q, index=index, filtered=filtered)
 
     async def _catalog_nodes(
-        self, request: web.BaseRequest, q: _Query, *, anonymous: bool
+        self, request: web.BaseRequest, *, q: _Query, anonymous: bool
     ) -> web.StreamResponse:
         predicate = self._compile(q.filter, bexpr.CATALOG_NODE)
         catalog = self.catalog
-        index = await self._block(q, lambda: catalog.table_index["nodes"], lambda: ("nodes",))
+        index = await self._block(
+            q, index_of=lambda: catalog.table_index["nodes"], scopes_of=lambda: ("nodes",)
+        )
         rows = catalog.node_rows()
         filtered = False
         if anonymous:
@@ -692,7 +693,7 @@ class ConsulSimulator:
             for row in rows
             if _meta_matches(row["Meta"], q.node_meta) and (predicate is None or predicate(row))
         ]
-        return await self._send(request, dump_json(rows), q=q, index=index, filtered=filtered)
+        return await self._send(request, body=dump_json(rows), q=q, index=index, filtered=filtered)
 
     async def _write(self, request: web.BaseRequest, kind: str) -> web.StreamResponse:
         try:
@@ -716,13 +717,13 @@ class ConsulSimulator:
             self.catalog.register(body)
         else:
             self.catalog.deregister(body)
-        return await self._send(request, b"true")
+        return await self._send(request, body=b"true")
 
     async def _send(
         self,
         request: web.BaseRequest,
-        body: bytes,
         *,
+        body: bytes,
         q: _Query | None = None,
         index: int | None = None,
         filtered: bool = False,
@@ -748,10 +749,10 @@ class ConsulSimulator:
         slow = self.faults.slow_body
         if slow <= 0 or not body:
             return web.Response(body=body, headers=headers)
-        return await self._dribble(request, body, headers, seconds=slow)
+        return await self._dribble(request, body=body, headers=headers, seconds=slow)
 
     async def _dribble(
-        self, request: web.BaseRequest, body: bytes, headers: dict[str, str], *, seconds: float
+        self, request: web.BaseRequest, *, body: bytes, headers: dict[str, str], seconds: float
     ) -> web.StreamResponse:
         response = web.StreamResponse(headers=headers)
         response.content_length = len(body)
