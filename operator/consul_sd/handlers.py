@@ -95,7 +95,7 @@ async def _stop(task: asyncio.Task[None] | None) -> None:
 
 
 @kopf.on.probe(id="discoveries")
-def count_discoveries(**_: Any) -> int:
+async def count_discoveries(**_: Any) -> int:
     return sum(1 for task in asyncio.all_tasks() if task.get_name().startswith("consul-sd "))
 
 

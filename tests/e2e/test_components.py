@@ -54,9 +54,7 @@ def test_control_plane_version_and_objects(control_plane: ControlPlane) -> None:
     assert (version["major"], version["minor"]) == ("1", "36")
 
     # The written kubeconfig works with the official Python client.
-    client = kubernetes.config.new_client_from_config(  # type: ignore[no-untyped-call]
-        config_file=str(control_plane.kubeconfig)
-    )
+    client = kubernetes.config.new_client_from_config(config_file=str(control_plane.kubeconfig))
     api = kubernetes.client.CoreV1Api(client)
     namespace = unique("e2e")
     meta = kubernetes.client.V1ObjectMeta
