@@ -29,8 +29,9 @@ from consul_sd.targets import Target, TargetGroup
 DISCOVERY_LABEL = "consul-sd.io/discovery"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "consul-sd-operator"
-# Aim shards at half their limit so hashing skew rarely forces a resize.
-_FILL_TARGET = 0.5
+# Aim shards below their limit so hashing skew rarely forces a resize (each shard is still
+# checked against the limit, and K doubles when one overflows).
+_FILL_TARGET = 0.75
 # Bytes of ScrapeConfig JSON allowed per object; etcd refuses objects above ~1.5 MiB.
 SCRAPE_CONFIG_MAX_BYTES = 1024 * 1024
 

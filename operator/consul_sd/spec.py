@@ -133,7 +133,7 @@ class ConfigMapOutput(_Model):
 
     name: Annotated[str, Field(min_length=1, max_length=200, pattern=OBJECT_NAME_PATTERN)]
     max_shards: int = Field(
-        default=16,
+        default=32,
         ge=1,
         le=256,
         description="Upper bound on shards; mount this many ConfigMaps with optional: true.",

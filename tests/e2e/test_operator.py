@@ -318,10 +318,12 @@ def test_twenty_thousand_targets_shard_under_the_limits_and_one_change_rewrites_
         sc["metadata"]["name"]: sc["metadata"]["resourceVersion"] for sc in scrape_configs
     }
 
+    # On a new node: re-registering an existing node rewrites its record, and so every
+    # service instance on it.
     sim.register(
         {
-            "Node": "node-001",
-            "Address": "10.0.0.2",
+            "Node": "node-new",
+            "Address": "10.200.0.1",
             "Service": {"ID": "svc-00042-new", "Service": "svc-00042", "Port": 9999},
         }
     )
@@ -417,10 +419,11 @@ def test_two_crs_in_two_namespaces_run_independently_and_deleting_one_stops_it(
     custom(api).delete_namespaced_custom_object(GROUP, VERSION, spaces[0], PLURAL, "twin")
 
     def gone() -> bool:
-        with pytest.raises(k8s.ApiException) as caught:
+        try:
             get_cr(api, spaces[0], "twin")
-        assert caught.value.status == 404
-        return True
+        except k8s.ApiException as exc:
+            return exc.status == 404
+        return False
 
     eventually(gone, what="the deleted CR to go (the daemon stopped, the finalizer removed)")
     # No controller-manager runs here: delete what the garbage collector would, by owner.
@@ -440,6 +443,7 @@ def test_two_crs_in_two_namespaces_run_independently_and_deleting_one_stops_it(
     ready(api, spaces[1], "twin")
 
 
+# Last in the module: it stops the shared operator (two operators would both serve every CR).
 def test_an_operator_restart_resumes_without_rewriting_outputs(
     api: k8s.ApiClient,
     control_plane: ControlPlane,
@@ -462,7 +466,6 @@ def test_an_operator_restart_resumes_without_rewriting_outputs(
     try:
 
         def resumed() -> bool:
-            assert "restart" in second.log_text() or True
             assert (
                 'consul_sd_output_writes_total{kind="ConfigMap",name="restart"' in second.metrics()
             )
