@@ -422,7 +422,7 @@ def test_two_crs_in_two_namespaces_run_independently_and_deleting_one_stops_it(
         try:
             get_cr(api, spaces[0], "twin")
         except k8s.ApiException as exc:
-            return exc.status == 404
+            return bool(exc.status == 404)
         return False
 
     eventually(gone, what="the deleted CR to go (the daemon stopped, the finalizer removed)")
