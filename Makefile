@@ -18,10 +18,10 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*; touch $@
 
 lint: venv
-	$(BIN)/ruff check operator tests benchmarks
-	$(BIN)/ruff format --check operator tests benchmarks
+	$(BIN)/ruff check operator tests benchmarks hack
+	$(BIN)/ruff format --check operator tests benchmarks hack
 	$(BIN)/mypy
-	$(BIN)/mypy tests benchmarks --explicit-package-bases
+	$(BIN)/mypy tests benchmarks hack/demo.py --explicit-package-bases
 	$(BIN)/lint-imports
 
 test: lint
@@ -32,6 +32,12 @@ test-unit: venv
 
 bins:
 	hack/bins/build.sh all
+
+cluster: venv
+	$(BIN)/python -m tests.support.components cluster-up
+
+cluster-down: venv
+	$(BIN)/python -m tests.support.components cluster-down
 
 bench: venv
 	$(BIN)/python -m benchmarks.discover_once $(BENCH_ARGS)

@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from consul_sd.consul import Instance
+from consul_sd.outputs import OutputTooLarge, config_map_shards, scrape_config_specs
+from consul_sd.spec import ConfigMapOutput, ScrapeConfigOutput
+from consul_sd.targets import TargetGroup, build_target_group
+
+
+def fleet(services: int, instances: int = 3, *, extra: str = "") -> dict[str, TargetGroup]:
+    groups = {}
+    for s in range(services):
+        name = f"svc-{s:05d}"
+        groups[name] = build_target_group(
+            service=name,
+            datacenter="dc1",
+            instances=[
+                Instance(
+                    node=f"node-{i}",
+                    node_address=f"10.0.{s % 250}.{i}",
+                    node_meta={"rack": f"r{i}", "zone": "zone-a"},
+                    node_tagged_addresses={"lan": f"10.0.{s % 250}.{i}"},
+                    service_id=f"{name}-{i}{extra}",
+                    service_address="",
+                    service_port=8000 + i,
+                    tags=("prod", "http"),
+                    service_meta={"team": "payments", "version": "1.2.3"},
+                    namespace="",
+                    partition="",
+                    checks=(),
+                )
+                for i in range(instances)
+            ],
+            tag_separator=",",
+        )
+    return groups
+
+
+def test_every_config_map_shard_stays_under_its_limit() -> None:
+    output = ConfigMapOutput(name="c", max_shard_bytes=64 * 1024, max_shards=64)
+    shards = config_map_shards(fleet(1000), output=output)
+    assert len(shards) > 1
+    assert all(len(data) <= 64 * 1024 for _, _, data in shards)
+    assert sum(len(json.loads(data)) for _, _, data in shards) == 3000
+    assert [name for name, _, _ in shards] == [f"c-{i}" for i in range(len(shards))]
+    assert all(key == f"{name}.json" for name, key, _ in shards)
+
+
+def test_a_change_to_one_service_rewrites_one_shard() -> None:
+    output = ConfigMapOutput(name="c", max_shard_bytes=64 * 1024, max_shards=64)
+    groups = fleet(1000)
+    before = config_map_shards(groups, output=output)
+    changed = dict(groups)
+    changed["svc-00042"] = fleet(43, extra="-x")["svc-00042"]
+    after = config_map_shards(changed, output=output, previous=len(before))
+    assert len(after) == len(before)
+    assert sum(a != b for a, b in zip(before, after, strict=True)) == 1
+
+
+def test_the_shard_count_is_sticky_while_it_still_fits() -> None:
+    output = ConfigMapOutput(name="c", max_shard_bytes=64 * 1024, max_shards=64)
+    grown = config_map_shards(fleet(1000), output=output)
+    shrunk = config_map_shards(fleet(700), output=output, previous=len(grown))
+    assert len(shrunk) == len(grown)
+
+
+def test_targets_that_cannot_fit_raise_output_too_large() -> None:
+    output = ConfigMapOutput(name="c", max_shard_bytes=16 * 1024, max_shards=2)
+    with pytest.raises(OutputTooLarge, match="raise maxShards"):
+        config_map_shards(fleet(200), output=output)
+
+
+def test_a_service_too_big_for_one_shard_is_spread_by_instance() -> None:
+    output = ConfigMapOutput(name="c", max_shard_bytes=16 * 1024, max_shards=64)
+    shards = config_map_shards(fleet(1, instances=200), output=output)
+    assert len(shards) > 1
+    assert sum(len(json.loads(data)) for _, _, data in shards) == 200
+
+
+def test_scrape_configs_carry_static_targets_and_only_the_settings_given() -> None:
+    output = ScrapeConfigOutput(
+        name="s", scrape_interval="30s", metrics_path="/metrics", max_targets_per_object=100
+    )
+    specs = scrape_config_specs(fleet(200), output=output)
+    assert len(specs) > 1
+    total = 0
+    for name, spec in specs:
+        assert name.startswith("s-")
+        assert set(spec) == {"scrapeInterval", "metricsPath", "staticConfigs"}
+        for static in spec["staticConfigs"]:
+            (address,) = static["targets"]
+            assert address
+            assert all(key.startswith("__meta_consul_") for key in static["labels"])
+        total += len(spec["staticConfigs"])
+    assert total == 600
