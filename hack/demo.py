@@ -193,7 +193,7 @@ def _established(plane: components.ControlPlane, name: str) -> bool:
     ).json()
     return any(
         c["type"] == "Established" and c["status"] == "True"
-        for c in status.get("status", {}).get("conditions", [])
+        for c in (status.get("status") or {}).get("conditions") or []
     )
 
 
@@ -201,7 +201,7 @@ def _ready(plane: components.ControlPlane) -> dict[str, Any] | None:
     cr = plane.request(
         "GET", "/apis/consul-sd.io/v1alpha1/namespaces/demo/consuldiscoveries/demo"
     ).json()
-    for condition in (cr.get("status") or {}).get("conditions", []):
+    for condition in (cr.get("status") or {}).get("conditions") or []:
         if condition["type"] == "Ready" and condition["status"] == "True":
             return dict(cr)
     return None

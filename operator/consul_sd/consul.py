@@ -338,7 +338,7 @@ class ConsulClient:
         while True:
             started = time.monotonic()
             try:
-                async with self.concurrency.slot():
+                async with self.concurrency:
                     result = await self._get_once(
                         session=session,
                         url=url,
@@ -497,7 +497,7 @@ def _parse_entry(entry: Any, *, where: str) -> Instance:
     if not isinstance(port, int) or isinstance(port, bool):
         raise ConsulBadResponse(f"{where}: Service.Port is not an integer")
     tags = service.get("Tags") or ()
-    if not isinstance(tags, list | tuple) or not all(isinstance(t, str) for t in tags):
+    if not isinstance(tags, list | tuple) or not set(map(type, tags)) <= {str}:
         raise ConsulBadResponse(f"{where}: Service.Tags is not a list of strings")
     strings = (
         node.get("Node") or "",
@@ -507,7 +507,7 @@ def _parse_entry(entry: Any, *, where: str) -> Instance:
         service.get("Namespace") or "",
         service.get("Partition") or "",
     )
-    if not all(type(value) is str for value in strings):
+    if not set(map(type, strings)) <= {str}:
         raise ConsulBadResponse(
             f"{where}: Node.Node, Node.Address, Service.ID, "
             "Service.Address, Namespace and Partition must be strings"
@@ -533,7 +533,7 @@ def _parse_entry(entry: Any, *, where: str) -> Instance:
 def _str_map(value: Any, *, where: str) -> Mapping[str, str]:
     if value is None:
         return {}
-    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+    if not isinstance(value, dict) or not set(map(type, value.values())) <= {str}:
         raise ConsulBadResponse(f"{where} is not a map of strings")
     return value
 

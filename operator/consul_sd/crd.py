@@ -1,7 +1,9 @@
 """The ConsulDiscovery CRD, generated from the pydantic models (``spec``, ``status``).
 
-``deploy/crds/consul-sd.io_consuldiscoveries.yaml`` and the Helm chart's copy are this module's
-output (``python -m consul_sd.crd``); a test fails when they drift. Pydantic's JSON schema is
+``deploy/crds/consul-sd.io_consuldiscoveries.yaml`` and the Helm chart's byte-identical copy
+(``deploy/helm/consul-sd-operator/files/``, which the chart's CRD template reads) are this
+module's output (``python -m consul_sd.crd --write``; without ``--write`` the CRD goes to stdout);
+tests fail when either drifts. Pydantic's JSON schema is
 turned into a structural OpenAPI v3 schema the apiserver accepts: references inlined, optional
 fields as ``nullable``, no titles, no ``additionalProperties: false`` beside ``properties``
 (structural schemas forbid it; unknown fields are rejected by kubectl's strict field validation
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import sys
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -27,6 +30,11 @@ SINGULAR = "consuldiscovery"
 SHORT_NAMES = ["csd"]
 CATEGORIES = ["consul-sd"]
 CRD_FILE = f"{GROUP}_{PLURAL}.yaml"
+# Where ``write_crd_files`` puts the CRD, relative to the repository root.
+CRD_PATHS = (
+    Path("deploy") / "crds" / CRD_FILE,
+    Path("deploy") / "helm" / "consul-sd-operator" / "files" / CRD_FILE,
+)
 
 _DROP_KEYS = {"title", "x-consul-sd-duration", "discriminator"}
 
@@ -151,5 +159,22 @@ def render_crd() -> str:
     return header + yaml.safe_dump(build_crd(), sort_keys=False, width=100)
 
 
+def write_crd_files(root: Path) -> list[Path]:
+    """Write the CRD to every path of :data:`CRD_PATHS` under the repository ``root``."""
+    text = render_crd()
+    written = []
+    for relative in CRD_PATHS:
+        path = root / relative
+        if not path.parent.is_dir():
+            raise FileNotFoundError(f"{path.parent} is missing: is {root} the repository root?")
+        path.write_text(text)
+        written.append(path)
+    return written
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.stdout.write(render_crd())
+    if sys.argv[1:2] == ["--write"]:
+        for written_path in write_crd_files(Path(sys.argv[2] if len(sys.argv) > 2 else ".")):
+            sys.stdout.write(f"wrote {written_path}\n")
+    else:
+        sys.stdout.write(render_crd())

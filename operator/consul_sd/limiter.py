@@ -6,18 +6,25 @@ so the client lowers its own limit on a 429 (halving it, at most once per cool-d
 of refusals counts once) and raises it by one after a full window of successes, back up to the
 configured maximum, no faster than once per ``probe_interval`` (probing up quickly would walk
 straight back into the wall). The effective limit is observable for status and metrics.
+
+Every request passes through here, so the uncontended path takes no lock and awaits nothing;
+waiters queue in FIFO order and a release hands its slot directly to the next one.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import collections
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
+from types import TracebackType
 
 
 class AdaptiveLimit:
-    """At most ``limit`` holders at once; ``limit`` moves between 1 and ``maximum``."""
+    """At most ``limit`` holders at once; ``limit`` moves between 1 and ``maximum``.
+
+    Use as ``async with limit:``.
+    """
 
     def __init__(
         self,
@@ -33,23 +40,45 @@ class AdaptiveLimit:
         self.decreases = 0
         self._cooldown = cooldown
         self._probe_interval = probe_interval
-        self._last_increase = -1e18
         self._clock = clock
         self._last_decrease = -1e18
+        self._last_increase = -1e18
         self._successes = 0
-        self._changed = asyncio.Condition()
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
-    @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        async with self._changed:
-            await self._changed.wait_for(lambda: self.in_use < self.limit)
+    async def __aenter__(self) -> None:
+        if self.in_use < self.limit and not self._waiters:
             self.in_use += 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
         try:
-            yield
-        finally:
-            async with self._changed:
-                self.in_use -= 1
-                self._changed.notify_all()
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._release()  # the slot was handed over just before the cancellation
+            else:
+                self._waiters.remove(waiter)
+            raise
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        self.in_use -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self.in_use < self.limit:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.in_use += 1
+                waiter.set_result(None)
 
     def record_success(self) -> None:
         if self.limit >= self.maximum:
@@ -60,6 +89,7 @@ class AdaptiveLimit:
             self._successes = 0
             self._last_increase = now
             self.limit += 1
+            self._wake()
 
     def record_rejection(self) -> None:
         now = self._clock()

@@ -118,9 +118,11 @@ def _prefixed(prefix: str, values: Mapping[str, str]) -> dict[str, str]:
     """``prefix + sanitised key`` for each entry, with the deterministic collision rule."""
     if not values:
         return {}
+    names = [sanitize_label_name(key) for key in values]
+    if len(set(names)) == len(names):  # no collision: the common case, kept cheap
+        return {prefix + name: value for name, value in zip(names, values.values(), strict=True)}
     chosen: dict[str, tuple[bool, str, str]] = {}
-    for key, value in values.items():
-        name = sanitize_label_name(key)
+    for name, (key, value) in zip(names, values.items(), strict=True):
         # Preference order: a key that needed no sanitising, then the smallest original key.
         rank = (name != key, key, value)
         current = chosen.get(name)

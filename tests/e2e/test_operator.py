@@ -49,7 +49,7 @@ def consul_sd_crd(control_plane: ControlPlane) -> None:
         status = control_plane.request("GET", f"{base}/{document['metadata']['name']}").json()
         return any(
             c["type"] == "Established" and c["status"] == "True"
-            for c in status.get("status", {}).get("conditions", [])
+            for c in (status.get("status") or {}).get("conditions") or []
         )
 
     eventually(established, what="the ConsulDiscovery CRD")
