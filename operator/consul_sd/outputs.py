@@ -101,13 +101,21 @@ def _choose_shards(
     )
 
 
+@dataclass(frozen=True)
+class ConfigMapShard:
+    name: str
+    key: str
+    data: bytes
+    targets: int
+
+
 def config_map_shards(
     groups: Mapping[str, TargetGroup],
     *,
     output: ConfigMapOutput,
     previous: int | None = None,
-) -> list[tuple[str, str, bytes]]:
-    """``(ConfigMap name, data key, file_sd bytes)`` per shard, in shard order."""
+) -> list[ConfigMapShard]:
+    """One file_sd document per shard, named ``<name>-<i>`` with key ``<name>-<i>.json``."""
     lines: dict[Target, str] = {}
 
     def measure(target: Target) -> int:
@@ -127,8 +135,9 @@ def config_map_shards(
     for i, bucket in enumerate(buckets):
         name = f"{output.name}-{i}"
         ordered = sorted(bucket, key=lambda unit: unit[0])
-        data = render_lines(lines[t] for _, targets, _ in ordered for t in targets)
-        shards.append((name, f"{name}.json", data))
+        targets = [t for _, unit_targets, _ in ordered for t in unit_targets]
+        data = render_lines(lines[t] for t in targets)
+        shards.append(ConfigMapShard(name, f"{name}.json", data, len(targets)))
     return shards
 
 

@@ -201,16 +201,15 @@ class OutputPublisher:
                 output=output.config_map,
                 previous=self._shards.get("ConfigMap") or None,
             )
-            for name, key, data in shards:
-                text = data.decode()
+            for shard in shards:
                 desired.append(
                     _Desired(
                         kind="ConfigMap",
-                        name=name,
+                        name=shard.name,
                         labels=base_labels,
-                        content={key: text},
-                        targets=text.count('"targets"'),
-                        size=len(data),
+                        content={shard.key: shard.data.decode()},
+                        targets=shard.targets,
+                        size=len(shard.data),
                     )
                 )
         if output.scrape_config is not None:

@@ -43,10 +43,11 @@ def test_every_config_map_shard_stays_under_its_limit() -> None:
     output = ConfigMapOutput(name="c", max_shard_bytes=64 * 1024, max_shards=64)
     shards = config_map_shards(fleet(1000), output=output)
     assert len(shards) > 1
-    assert all(len(data) <= 64 * 1024 for _, _, data in shards)
-    assert sum(len(json.loads(data)) for _, _, data in shards) == 3000
-    assert [name for name, _, _ in shards] == [f"c-{i}" for i in range(len(shards))]
-    assert all(key == f"{name}.json" for name, key, _ in shards)
+    assert all(len(shard.data) <= 64 * 1024 for shard in shards)
+    assert sum(len(json.loads(shard.data)) for shard in shards) == 3000
+    assert sum(shard.targets for shard in shards) == 3000
+    assert [shard.name for shard in shards] == [f"c-{i}" for i in range(len(shards))]
+    assert all(shard.key == f"{shard.name}.json" for shard in shards)
 
 
 def test_a_change_to_one_service_rewrites_one_shard() -> None:
@@ -77,7 +78,7 @@ def test_a_service_too_big_for_one_shard_is_spread_by_instance() -> None:
     output = ConfigMapOutput(name="c", max_shard_bytes=16 * 1024, max_shards=64)
     shards = config_map_shards(fleet(1, instances=200), output=output)
     assert len(shards) > 1
-    assert sum(len(json.loads(data)) for _, _, data in shards) == 200
+    assert sum(len(json.loads(shard.data)) for shard in shards) == 200
 
 
 def test_scrape_configs_carry_static_targets_and_only_the_settings_given() -> None:

@@ -1,0 +1,240 @@
+"""The Consul client's contract: parameters as Prometheus sends them, credentials only in
+headers, clear errors, retries, TLS. Against the simulator, and a TLS replay for certificates."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+from aiohttp import web
+
+from consul_sd.consul import (
+    ConsulACLDenied,
+    ConsulBadRequest,
+    ConsulBadResponse,
+    ConsulClient,
+    ConsulDatacenterUnknown,
+    ConsulEndpoint,
+    ConsulServerError,
+    ConsulUnreachable,
+    RetryPolicy,
+    next_index,
+    parse_health_entries,
+)
+from consul_sd.simulator import ConsulSimulator
+from consul_sd.tlsconfig import build_ssl_context
+
+pytestmark = pytest.mark.looptime
+FAST_RETRY = RetryPolicy(attempts=3, base_delay=0.1, max_delay=0.5)
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[ConsulSimulator]:
+    async with ConsulSimulator(jitter=False) as simulator:
+        simulator.register(
+            {
+                "Node": "n1",
+                "Address": "10.0.0.1",
+                "NodeMeta": {"rack": "r1"},
+                "Service": {"ID": "web-1", "Service": "web", "Port": 80, "Tags": ["a", "b"]},
+            }
+        )
+        simulator.register(
+            {
+                "Node": "n2",
+                "Address": "10.0.0.2",
+                "NodeMeta": {"rack": "r2"},
+                "Service": {"ID": "web-2", "Service": "web", "Port": 80, "Tags": ["a"]},
+            }
+        )
+        yield simulator
+
+
+def client(sim: ConsulSimulator, **endpoint: Any) -> ConsulClient:
+    return ConsulClient(
+        endpoint=ConsulEndpoint(server=sim.address, **endpoint),
+        max_connections=4,
+        retry=FAST_RETRY,
+    )
+
+
+def test_index_rules_reset_backwards_and_never_go_below_one() -> None:
+    assert next_index(previous=0, answered=0) == 1
+    assert next_index(previous=10, answered=12) == 12
+    assert next_index(previous=10, answered=10) == 10
+    assert next_index(previous=10, answered=5) == 0
+    assert next_index(previous=10, answered=-3) == 0
+
+
+async def test_tags_and_node_meta_are_sent_as_prometheus_sends_them(sim: ConsulSimulator) -> None:
+    async with client(sim) as consul:
+        both, _ = await consul.service_instances("web", tags=["a", "b"])
+        rack, _ = await consul.service_instances("web", node_meta={"rack": "r2"})
+    assert [i.service_id for i in both or []] == ["web-1"]
+    assert [i.service_id for i in rack or []] == ["web-2"]
+
+
+async def test_an_unchanged_index_is_not_decoded(sim: ConsulSimulator) -> None:
+    async with client(sim) as consul:
+        first, index = await consul.service_instances("web")
+        again, same = await consul.service_instances("web", unchanged_index=index)
+    assert first
+    assert again is None
+    assert same == index
+
+
+async def test_the_token_travels_in_a_header_never_in_the_url() -> None:
+    seen: list[tuple[str, str | None]] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append((str(request.rel_url), request.headers.get("X-Consul-Token")))
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_get("/v1/catalog/services", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        endpoint = ConsulEndpoint(server=f"127.0.0.1:{port}", token="s3cret", datacenter="east")
+        async with ConsulClient(endpoint=endpoint, max_connections=1) as consul:
+            await consul.list_services()
+    finally:
+        await runner.cleanup()
+    ((url, token),) = seen
+    assert token == "s3cret"
+    assert "s3cret" not in url
+    assert "dc=east" in url
+    assert "stale=" in url
+    assert "s3cret" not in repr(endpoint)
+
+
+async def test_acl_denial_is_reported_as_acl_denied(sim: ConsulSimulator) -> None:
+    sim.acl_token = "right"
+    async with client(sim, token="wrong") as consul:
+        with pytest.raises(ConsulACLDenied, match="ACL not found"):
+            await consul.list_services()
+    assert sim.counters.requests["catalog_services"] == 1  # a 403 is not retried
+
+
+async def test_an_unknown_datacenter_is_reported_as_such(sim: ConsulSimulator) -> None:
+    async with client(sim, datacenter="mars") as consul:
+        with pytest.raises(ConsulDatacenterUnknown, match="No path to datacenter"):
+            await consul.list_services()
+
+
+async def test_a_namespace_on_community_edition_is_a_bad_request(sim: ConsulSimulator) -> None:
+    async with client(sim, namespace="team-a") as consul:
+        with pytest.raises(ConsulBadRequest):
+            await consul.list_services()
+
+
+async def test_malformed_json_is_a_bad_response_naming_the_endpoint(sim: ConsulSimulator) -> None:
+    sim.faults.malformed_services = {"web"}
+    async with client(sim) as consul:
+        with pytest.raises(ConsulBadResponse, match="/v1/health/service/web"):
+            await consul.service_instances("web")
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        ([{"Node": "n"}], "Node is not an object"),
+        ([{"Node": {"Node": "n"}, "Service": {"Port": "80"}}], "Service.Port is not an integer"),
+        ([{"Node": {"Node": 1}, "Service": {}}], "must be strings"),
+        ([{"Node": {"Meta": {"k": 1}}, "Service": {}}], "Node.Meta is not a map of strings"),
+    ],
+)
+def test_unexpected_shapes_are_bad_responses(answer: Any, message: str) -> None:
+    with pytest.raises(ConsulBadResponse, match=message):
+        parse_health_entries(answer, where="/v1/health/service/x")
+
+
+async def test_server_errors_are_retried_with_backoff_then_reported(sim: ConsulSimulator) -> None:
+    sim.faults.error_rate = 1.0
+    async with client(sim) as consul:
+        with pytest.raises(ConsulServerError):
+            await consul.list_services()
+    assert sim.counters.requests["catalog_services"] == 3
+
+
+async def test_a_transient_error_is_retried_into_success(sim: ConsulSimulator) -> None:
+    sim.faults.fail_services = {"web"}
+    async with client(sim) as consul:
+        call = asyncio.create_task(consul.service_instances("web"))
+        while not sim.counters.responses_by_status.get(500):
+            await asyncio.sleep(0.01)
+        sim.faults.fail_services = set()  # the fault lifts before the retry
+        instances, _ = await call
+    assert instances
+    assert sim.counters.responses_by_status[500] == 1
+    assert sim.counters.requests["health_service"] == 2
+
+
+async def test_a_refused_connection_is_consul_unreachable(unused_tcp_port: int) -> None:
+    endpoint = ConsulEndpoint(server=f"127.0.0.1:{unused_tcp_port}")
+    async with ConsulClient(endpoint=endpoint, max_connections=1, retry=FAST_RETRY) as consul:
+        with pytest.raises(ConsulUnreachable):
+            await consul.list_services()
+
+
+@pytest.mark.looptime(False)
+async def test_tls_verifies_the_server_and_presents_the_client_certificate(
+    tmp_path: Path,
+) -> None:
+    authority = trustme.CA()
+    server_cert = authority.issue_cert("consul.example")
+    client_cert = authority.issue_cert("consul-sd")
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_cert.configure_cert(server_context)
+    authority.configure_trust(server_context)
+    server_context.verify_mode = ssl.CERT_REQUIRED
+    peers: list[Any] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        transport = request.transport
+        assert transport is not None
+        peers.append(transport.get_extra_info("peercert"))
+        return web.json_response({"Config": {"Datacenter": "tls-dc"}})
+
+    app = web.Application()
+    app.router.add_get("/v1/agent/self", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_context)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        context = build_ssl_context(
+            ca_pem=authority.cert_pem.bytes().decode(),
+            cert_pem=client_cert.cert_chain_pems[0].bytes().decode(),
+            key_pem=client_cert.private_key_pem.bytes().decode(),
+        )
+        endpoint = ConsulEndpoint(
+            server=f"127.0.0.1:{port}",
+            scheme="https",
+            ssl_context=context,
+            server_name="consul.example",
+        )
+        async with ConsulClient(endpoint=endpoint, max_connections=1) as consul:
+            assert await consul.agent_datacenter() == "tls-dc"
+        wrong = ConsulEndpoint(
+            server=f"127.0.0.1:{port}",
+            scheme="https",
+            ssl_context=build_ssl_context(),  # the system store does not trust this CA
+            server_name="consul.example",
+        )
+        async with ConsulClient(endpoint=wrong, max_connections=1, retry=FAST_RETRY) as consul:
+            with pytest.raises(ConsulUnreachable, match="certificate"):
+                await consul.agent_datacenter()
+    finally:
+        await runner.cleanup()
+    assert peers
+    assert peers[0] is not None  # the server saw our client certificate
