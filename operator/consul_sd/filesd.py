@@ -43,15 +43,17 @@ class FileSDWriter:
         self.path = path
         self.writes = 0
         self._last: bytes | None = None
+        self._problem: str | None = None
 
     async def publish(self, snapshot: Snapshot) -> None:
         problem = snapshot.problem
-        if problem is not None:
-            logger.warning(
-                "%s (%d services keep their previous targets)",
-                problem,
-                len(snapshot.failed),
-            )
+        described = f"{problem.reason}: {problem}" if problem is not None else None
+        if described != self._problem:  # log transitions, not every cycle
+            if described is not None:
+                logger.warning("%s (previous targets kept)", described)
+            else:
+                logger.info("recovered from %s", self._problem)
+            self._problem = described
         if not is_publishable(snapshot, published_before=self._last is not None):
             return
         data = render_file_sd(snapshot.groups)

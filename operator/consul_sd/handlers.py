@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import logging
 from typing import Any
 
@@ -79,7 +80,13 @@ async def run_consul_discovery(
                 generation = current
                 logger.info("starting discovery for generation %d", generation)
                 runner = asyncio.create_task(
-                    run_generation(kube=kube, ref=ref, generation=generation, spec_data=dict(spec)),
+                    run_generation(
+                        kube=kube,
+                        ref=ref,
+                        generation=generation,
+                        # A copy: kopf updates the live spec view in place.
+                        spec_data=copy.deepcopy(dict(spec)),
+                    ),
                     name=f"consul-sd {namespace}/{name}",
                 )
             await stopped.wait(GENERATION_POLL_SECONDS)
