@@ -23,11 +23,11 @@ import yaml
 
 from consul_sd import __version__
 from consul_sd.consul import ConsulClient, ConsulEndpoint, ConsulError
+from consul_sd.endpoints import Credentials, build_endpoint
 from consul_sd.filesd import FileSDWriter, write_atomically
 from consul_sd.render import render_file_sd
 from consul_sd.simulator import cli as simulator_cli
 from consul_sd.spec import ConsulDiscoverySpec, SpecError, parse_spec
-from consul_sd.tlsconfig import build_ssl_context
 from consul_sd.workers import DiscoveryIncomplete, DiscoveryQuery, discover_once, run_discovery
 
 logger = logging.getLogger("consul_sd")
@@ -207,40 +207,27 @@ def _override(target: dict[str, Any], key: str, value: object) -> None:
         target[key] = value
 
 
-def build_endpoint(spec: ConsulDiscoverySpec, args: argparse.Namespace) -> ConsulEndpoint:
-    """The Consul endpoint with credentials from the flags' files."""
+def resolve_endpoint(spec: ConsulDiscoverySpec, args: argparse.Namespace) -> ConsulEndpoint:
+    """The Consul endpoint with credentials from the flags and the files they name."""
     consul = spec.consul
     token = args.token
     if args.token_file is not None:
-        token = _read(args.token_file, "--token-file").strip()
+        token = _read(args.token_file, "--token-file")
     if token is None and consul.token_secret_ref is not None:
         raise UsageError("spec.consul.tokenSecretRef names a Secret: give --token-file instead")
     if consul.basic_auth_secret_ref is not None:
         raise UsageError("spec.consul.basicAuthSecretRef names a Secret: not supported here")
-    ssl_context = None
-    tls = consul.tls
-    insecure = bool(args.insecure_skip_verify or (tls and tls.insecure_skip_verify))
-    if consul.scheme == "https" or args.ca_file or args.cert_file:
-        if (args.cert_file is None) != (args.key_file is None):
-            raise UsageError("--cert-file and --key-file go together")
-        ssl_context = build_ssl_context(
-            ca_pem=_read(args.ca_file, "--ca-file") if args.ca_file else None,
-            cert_pem=_read(args.cert_file, "--cert-file") if args.cert_file else None,
-            key_pem=_read(args.key_file, "--key-file") if args.key_file else None,
-            insecure_skip_verify=insecure,
-        )
-    return ConsulEndpoint(
-        server=consul.server,
-        scheme=consul.scheme,
-        path_prefix=consul.path_prefix,
-        datacenter=consul.datacenter,
-        namespace=consul.namespace,
-        partition=consul.partition,
-        allow_stale=consul.allow_stale,
-        token=token or None,
-        ssl_context=ssl_context,
-        server_name=args.server_name or (tls.server_name if tls else None) or None,
+    if (args.cert_file is None) != (args.key_file is None):
+        raise UsageError("--cert-file and --key-file go together")
+    credentials = Credentials(
+        token=token,
+        ca_pem=_read(args.ca_file, "--ca-file") if args.ca_file else None,
+        cert_pem=_read(args.cert_file, "--cert-file") if args.cert_file else None,
+        key_pem=_read(args.key_file, "--key-file") if args.key_file else None,
+        insecure_skip_verify=bool(args.insecure_skip_verify),
+        server_name=args.server_name,
     )
+    return build_endpoint(consul, credentials)
 
 
 def _read(path: Path, flag: str) -> str:
@@ -254,7 +241,7 @@ def run_discover_command(args: argparse.Namespace) -> int:
     if not args.once and args.output is None:
         raise UsageError("give --once, --output FILE, or both")
     spec = load_spec(args)
-    endpoint = build_endpoint(spec, args)
+    endpoint = resolve_endpoint(spec, args)
     query = DiscoveryQuery.from_spec(spec)
     if args.once:
         return asyncio.run(_discover_once(query=query, endpoint=endpoint, output=args.output))

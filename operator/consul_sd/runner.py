@@ -32,6 +32,7 @@ from consul_sd import metrics
 from consul_sd.backoff import backoff_delay
 from consul_sd.consul import ConsulClient, ConsulEndpoint
 from consul_sd.durations import format_duration
+from consul_sd.endpoints import Credentials, build_endpoint
 from consul_sd.kube import DiscoveryRef, KubeError, SecretNotFound
 from consul_sd.outputs import (
     DISCOVERY_LABEL,
@@ -41,7 +42,7 @@ from consul_sd.outputs import (
     config_map_shards,
     scrape_config_specs,
 )
-from consul_sd.spec import ConsulDiscoverySpec, SpecError, parse_spec
+from consul_sd.spec import ConsulDiscoverySpec, SecretKeyRef, SpecError, parse_spec
 from consul_sd.status import (
     REASON_FIRST_SYNC,
     REASON_HEALTHY,
@@ -51,7 +52,6 @@ from consul_sd.status import (
     REASON_SERVICES_FAILING,
     REASON_SYNCED,
 )
-from consul_sd.tlsconfig import build_ssl_context
 from consul_sd.workers import DiscoveryQuery, Snapshot, is_publishable, run_discovery
 
 logger = logging.getLogger(__name__)
@@ -405,38 +405,30 @@ async def resolve_endpoint(
     """The Consul endpoint with credentials read from Secrets in the CR's namespace."""
     consul = spec.consul
 
-    async def read(ref: Any, key: str | None = None) -> str:
-        return await kube.read_secret_value(namespace=namespace, name=ref.name, key=key or ref.key)
+    async def read(ref: SecretKeyRef | None) -> str | None:
+        if ref is None:
+            return None
+        return await kube.read_secret_value(namespace=namespace, name=ref.name, key=ref.key)
 
-    token = await read(consul.token_secret_ref) if consul.token_secret_ref else None
     basic_auth = None
     if consul.basic_auth_secret_ref is not None:
         ref = consul.basic_auth_secret_ref
-        basic_auth = (await read(ref, ref.username_key), await read(ref, ref.password_key))
-    ssl_context = None
-    server_name = None
-    tls = consul.tls
-    if consul.scheme == "https" or tls is not None:
-        ssl_context = build_ssl_context(
-            ca_pem=await read(tls.ca_secret_ref) if tls and tls.ca_secret_ref else None,
-            cert_pem=await read(tls.cert_secret_ref) if tls and tls.cert_secret_ref else None,
-            key_pem=await read(tls.key_secret_ref) if tls and tls.key_secret_ref else None,
-            insecure_skip_verify=bool(tls and tls.insecure_skip_verify),
+        username = await kube.read_secret_value(
+            namespace=namespace, name=ref.name, key=ref.username_key
         )
-        server_name = (tls.server_name if tls else "") or None
-    return ConsulEndpoint(
-        server=consul.server,
-        scheme=consul.scheme,
-        path_prefix=consul.path_prefix,
-        datacenter=consul.datacenter,
-        namespace=consul.namespace,
-        partition=consul.partition,
-        allow_stale=consul.allow_stale,
-        token=(token or "").strip() or None,
+        password = await kube.read_secret_value(
+            namespace=namespace, name=ref.name, key=ref.password_key
+        )
+        basic_auth = (username, password)
+    tls = consul.tls
+    credentials = Credentials(
+        token=await read(consul.token_secret_ref),
         basic_auth=basic_auth,
-        ssl_context=ssl_context,
-        server_name=server_name,
+        ca_pem=await read(tls.ca_secret_ref) if tls else None,
+        cert_pem=await read(tls.cert_secret_ref) if tls else None,
+        key_pem=await read(tls.key_secret_ref) if tls else None,
     )
+    return build_endpoint(consul, credentials)
 
 
 async def _credentials_fingerprint(

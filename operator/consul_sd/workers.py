@@ -196,18 +196,22 @@ async def _with_datacenter(
         try:
             return replace(query, datacenter=await client.agent_datacenter())
         except ConsulError as error:
-            await publish(
-                Snapshot(
-                    groups={},
-                    mode="Polling" if query.mode == "Polling" else "Blocking",
-                    complete=False,
-                    matched=0,
-                    error=error,
-                    requests=client.stats.take(),
-                )
-            )
+            mode: EffectiveMode = "Polling" if query.mode == "Polling" else "Blocking"
+            await publish(_cold_failure(error, mode=mode, client=client))
             await asyncio.sleep(_error_delay(failures, rng=rng, cap=ERROR_BACKOFF_CAP))
             failures += 1
+
+
+def _cold_failure(error: ConsulError, *, mode: EffectiveMode, client: ConsulClient) -> Snapshot:
+    """What a worker publishes when Consul fails before anything was discovered."""
+    return Snapshot(
+        groups={},
+        mode=mode,
+        complete=False,
+        matched=0,
+        error=error,
+        requests=client.stats.take(),
+    )
 
 
 def _error_delay(failures: int, *, rng: random.Random, cap: float) -> float:
@@ -538,19 +542,10 @@ async def run_auto(*, query: DiscoveryQuery, client: ConsulClient, publish: Publ
             names, _ = await list_matched_services(query=query, client=client)
             break
         except ConsulError as error:
-            await publish(
-                Snapshot(
-                    groups={},
-                    mode="Blocking",
-                    complete=False,
-                    matched=0,
-                    error=error,
-                    requests=client.stats.take(),
-                )
-            )
+            await publish(_cold_failure(error, mode="Blocking", client=client))
             await asyncio.sleep(_error_delay(failures, rng=rng, cap=ERROR_BACKOFF_CAP))
             failures += 1
-    mode: EffectiveMode = choose_mode(matched=len(names), current=None, query=query)
+    mode = choose_mode(matched=len(names), current=None, query=query)
     seed: Mapping[str, TargetGroup] = {}
     while True:
         switch_to: asyncio.Future[EffectiveMode] = asyncio.get_running_loop().create_future()
