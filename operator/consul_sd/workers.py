@@ -263,6 +263,40 @@ async def fetch_target_group(
 
 # --------------------------------------------------------------------------------------- Polling
 
+# Filters no row can match (Consul has no node, check or service with an empty name), so the
+# gate's requests return an empty body and only the table index.
+_NOTHING_NODE = 'Node == ""'
+_NOTHING_SERVICE = 'ServiceName == ""'
+
+
+async def read_change_gate(
+    *, query: DiscoveryQuery, client: ConsulClient, services_index: int
+) -> tuple[int, int, int] | None:
+    """The (services, checks, nodes) table indexes: every input of /v1/health/service answers.
+
+    When all three are where they were before the previous cycle's fetch, no service's answer
+    can differ, and the cycle is skipped. ``None`` (a Consul that refuses the filters, or any
+    error) means "unknown": the cycle fetches everything.
+    """
+    try:
+        if not query.uses_catalog:
+            services_index = await client.table_index(
+                endpoint="catalog_services",
+                path="/v1/catalog/services",
+                filter_expr=_NOTHING_SERVICE,
+            )
+        checks = await client.table_index(
+            endpoint="health_state", path="/v1/health/state/any", filter_expr=_NOTHING_NODE
+        )
+        nodes = await client.table_index(
+            endpoint="catalog_nodes", path="/v1/catalog/nodes", filter_expr=_NOTHING_NODE
+        )
+    except ConsulError:
+        return None
+    if min(services_index, checks, nodes) <= 0:
+        return None
+    return services_index, checks, nodes
+
 
 async def poll_services(
     *,
@@ -277,10 +311,11 @@ async def poll_services(
     known: dict[str, TargetGroup] = dict(seed or {})
     indexes: dict[str, int] = {}
     failures = 0
+    settled: tuple[int, int, int] | None = None  # the gate of the last whole, clean cycle
     while True:
         started = loop.time()
         try:
-            names, _ = await list_matched_services(query=query, client=client)
+            names, services_index = await list_matched_services(query=query, client=client)
         except ConsulError as error:
             await publish(
                 Snapshot(
@@ -299,6 +334,20 @@ async def poll_services(
             failures += 1
             continue
         failures = 0
+        gate = await read_change_gate(query=query, client=client, services_index=services_index)
+        if gate is not None and gate == settled and set(names) == set(known):
+            await publish(
+                Snapshot(
+                    groups=dict(known),
+                    mode="Polling",
+                    complete=True,
+                    matched=len(names),
+                    duration=loop.time() - started,
+                    requests=client.stats.take(),
+                )
+            )
+            await asyncio.sleep(max(0.0, started + query.refresh_interval - loop.time()))
+            continue
         # A service whose index has not moved is not decoded or rebuilt: skip unchanged indexes.
         unchanged = {name: indexes[name] for name in known if name in indexes}
         results = await fetch_all(
@@ -320,6 +369,7 @@ async def poll_services(
         for name in set(indexes) - set(fresh):
             del indexes[name]
         known = fresh
+        settled = gate if not failed and len(known) == len(names) else None
         await publish(
             Snapshot(
                 groups=dict(known),

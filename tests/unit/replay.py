@@ -34,6 +34,8 @@ class ReplayConsul:
         app.router.add_get("/v1/agent/self", self._agent_self)
         app.router.add_get("/v1/catalog/services", self._services)
         app.router.add_get("/v1/health/service/{name}", self._health)
+        app.router.add_get("/v1/health/state/any", self._empty_table)
+        app.router.add_get("/v1/catalog/nodes", self._empty_table)
         app.router.add_route("*", "/{tail:.*}", self._unknown)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
@@ -77,6 +79,13 @@ class ReplayConsul:
             return await self._unknown(request)
         await self._park_if_unchanged(request)
         return self._answer(self.recording["health"][name])
+
+    async def _empty_table(self, request: web.Request) -> web.Response:
+        """The polling change gate reads table indexes with a filter that matches nothing."""
+        self.requests.append(request.path_qs)
+        if request.query.get("filter") != 'Node == ""':
+            return await self._unknown(request)
+        return self._answer([])
 
     async def _unknown(self, request: web.Request) -> web.Response:
         self.unexpected.append(request.path_qs)

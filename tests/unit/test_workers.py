@@ -224,7 +224,8 @@ async def test_cancellation_mid_cycle_stops_every_request_promptly(sim: ConsulSi
     before = asyncio.all_tasks()
     async with client_for(sim) as client:
         task = await running(run_discovery(query=query, client=client, publish=Recorder().publish))
-        await asyncio.sleep(21)  # the catalog answered; ten service requests are parked
+        # The catalog and the change gate's two table reads answered; ten service requests wait.
+        await asyncio.sleep(61)
         assert sim.counters.in_flight == 10
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -388,3 +389,80 @@ async def test_every_mode_publishes_the_same_targets_for_the_same_state(
         )
     assert render_file_sd(snapshot.groups) == render_file_sd(reference.groups)
     assert snapshot.targets == 180
+
+
+# ------------------------------------------------------------------------- Polling change gate
+
+
+async def test_an_unchanged_consul_costs_three_requests_per_cycle(sim: ConsulSimulator) -> None:
+    sim.generate(services=50, instances=2, nodes=5)
+    recorder = Recorder()
+    query = DiscoveryQuery(mode="Polling", refresh_interval=10, datacenter="dc1")
+    async with client_for(sim) as client:
+        task = await running(run_discovery(query=query, client=client, publish=recorder.publish))
+        first = await recorder.next()
+        sim.counters.reset()
+        second = await recorder.next()
+        await stop(task)
+    assert sim.counters.requests.get("health_service", 0) == 0
+    assert sum(sim.counters.requests.values()) == 3
+    assert second.complete
+    assert second.groups == first.groups
+
+
+async def test_a_health_flip_opens_the_gate(sim: ConsulSimulator) -> None:
+    sim.register(
+        {
+            "Node": "n1",
+            "Address": "10.0.0.1",
+            "Service": {"ID": "web-1", "Service": "web", "Port": 80},
+            "Check": {"CheckID": "c1", "Name": "c", "Status": "passing", "ServiceID": "web-1"},
+        }
+    )
+    recorder = Recorder()
+    query = DiscoveryQuery(mode="Polling", refresh_interval=10, datacenter="dc1")
+    async with client_for(sim) as client:
+        task = await running(run_discovery(query=query, client=client, publish=recorder.publish))
+        await recorder.next()
+        await recorder.next()  # a gated cycle
+        sim.set_check_status(node="n1", check_id="c1", status="critical")
+        flipped = await recorder.next()
+        await stop(task)
+    (target,) = flipped.groups["web"]
+    assert target.label_dict()["__meta_consul_health"] == "critical"
+
+
+async def test_a_node_change_opens_the_gate(sim: ConsulSimulator) -> None:
+    sim.register(instance("web", "n1"))
+    recorder = Recorder()
+    query = DiscoveryQuery(mode="Polling", refresh_interval=10, datacenter="dc1")
+    async with client_for(sim) as client:
+        task = await running(run_discovery(query=query, client=client, publish=recorder.publish))
+        await recorder.next()
+        await recorder.next()
+        sim.register({"Node": "n1", "Address": "10.7.7.7", "NodeMeta": {"rack": "r9"}})
+        moved = await recorder.next()
+        await stop(task)
+    (target,) = moved.groups["web"]
+    assert target.address == "10.7.7.7:80"
+    assert target.label_dict()["__meta_consul_metadata_rack"] == "r9"
+
+
+async def test_a_failed_service_is_fetched_again_even_when_nothing_changed(
+    sim: ConsulSimulator,
+) -> None:
+    sim.register(instance("web", "n1"))
+    sim.register(instance("db", "n1"))
+    recorder = Recorder()
+    query = DiscoveryQuery(mode="Polling", refresh_interval=10, datacenter="dc1")
+    async with client_for(sim) as client:
+        task = await running(run_discovery(query=query, client=client, publish=recorder.publish))
+        await recorder.next()
+        sim.faults.fail_services = {"db"}
+        sim.register(instance("db", "n2"))  # opens the gate once; db fails to answer
+        assert "db" in (await recorder.next()).failed
+        sim.faults.fail_services = set()
+        healed = await recorder.next()  # nothing changed since, but db still owes an answer
+        await stop(task)
+    assert healed.failed == {}
+    assert ids(healed, "db") == ["db-n1", "db-n2"]
