@@ -13,7 +13,10 @@ has to merge. The rules every mode keeps:
   TaskGroups, no task outlives its worker).
 
 Polling lists the catalog every ``refreshInterval`` and fetches services with at most
-``maxConcurrent`` requests in flight. Blocking holds one long-poll on the catalog plus one per
+``maxConcurrent`` requests in flight. A change gate skips the fetches when the services, checks
+and nodes tables (every input of a /v1/health/service answer) have not moved since the last
+clean cycle, so a quiet fleet costs three small requests per cycle instead of N + 1; within a
+fetch, a service whose own index has not moved is not decoded or rebuilt. Blocking holds one long-poll on the catalog plus one per
 service, throttled by ``refreshInterval`` as Prometheus does; at most ``maxConcurrent`` service
 long-polls are open at once and the rest queue for a slot in FIFO order, so with N services above
 the cap each one is re-queried about every ``N / maxConcurrent x watchTimeout`` at worst (a
