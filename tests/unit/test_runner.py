@@ -8,10 +8,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
+import trustme
 
 from consul_sd.consul import ConsulServerError
-from consul_sd.kube import DiscoveryRef, KubeError
-from consul_sd.runner import OutputPublisher, Problem
+from consul_sd.kube import DiscoveryRef, KubeError, SecretNotFound
+from consul_sd.runner import OutputPublisher, Problem, resolve_endpoint
 from consul_sd.spec import parse_spec
 from consul_sd.workers import Snapshot
 from tests.unit.test_outputs import fleet
@@ -196,3 +197,63 @@ async def test_a_blocked_start_reports_ready_false_with_the_reason(reason: str) 
     await pub.report_blocked(Problem(reason, "what to fix"))
     ready = condition(kube.statuses[-1], "Ready")
     assert (ready["status"], ready["reason"], ready["message"]) == ("False", reason, "what to fix")
+
+
+class SecretKube(FakeKube):
+    def __init__(self, secrets: dict[tuple[str, str], str]) -> None:
+        super().__init__()
+        self.secrets = secrets
+        self.reads: list[tuple[str, str, str]] = []
+
+    async def read_secret_value(self, *, namespace: str, name: str, key: str) -> str:
+        self.reads.append((namespace, name, key))
+        return self.secrets[(name, key)]
+
+
+async def test_credentials_and_tls_come_from_secrets_in_the_crs_namespace() -> None:
+    authority = trustme.CA()
+    leaf = authority.issue_cert("consul-sd")
+    kube = SecretKube(
+        {
+            ("consul", "token"): "tok-123\n",
+            ("tls", "ca.crt"): authority.cert_pem.bytes().decode(),
+            ("tls", "tls.crt"): leaf.cert_chain_pems[0].bytes().decode(),
+            ("tls", "tls.key"): leaf.private_key_pem.bytes().decode(),
+        }
+    )
+    spec = parse_spec(
+        {
+            "consul": {
+                "server": "consul:8501",
+                "scheme": "https",
+                "tokenSecretRef": {"name": "consul", "key": "token"},
+                "tls": {
+                    "caSecretRef": {"name": "tls", "key": "ca.crt"},
+                    "certSecretRef": {"name": "tls", "key": "tls.crt"},
+                    "keySecretRef": {"name": "tls", "key": "tls.key"},
+                    "serverName": "consul.service",
+                },
+            }
+        }
+    )
+    endpoint = await resolve_endpoint(kube=kube, namespace="ns", spec=spec)
+    assert endpoint.token == "tok-123"
+    assert endpoint.server_name == "consul.service"
+    assert endpoint.ssl_context is not None
+    assert endpoint.ssl_context.verify_mode.name == "CERT_REQUIRED"
+    assert {namespace for namespace, _, _ in kube.reads} == {"ns"}
+    assert "tok-123" not in repr(endpoint)
+
+
+async def test_a_missing_secret_raises_secret_not_found() -> None:
+    kube = FakeKube()
+
+    async def missing(*, namespace: str, name: str, key: str) -> str:
+        raise SecretNotFound(f"Secret {namespace}/{name} not found")
+
+    kube.read_secret_value = missing  # type: ignore[method-assign]
+    spec = parse_spec(
+        {"consul": {"server": "c:8500", "tokenSecretRef": {"name": "gone", "key": "token"}}}
+    )
+    with pytest.raises(SecretNotFound, match="ns/gone"):
+        await resolve_endpoint(kube=kube, namespace="ns", spec=spec)
