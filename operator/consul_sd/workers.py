@@ -16,13 +16,18 @@ Polling lists the catalog every ``refreshInterval`` and fetches services with at
 ``maxConcurrent`` requests in flight. A change gate skips the fetches when the services, checks
 and nodes tables (every input of a /v1/health/service answer) have not moved since the last
 clean cycle, so a quiet fleet costs three small requests per cycle instead of N + 1; within a
-fetch, a service whose own index has not moved is not decoded or rebuilt. Blocking holds one long-poll on the catalog plus one per
-service, throttled by ``refreshInterval`` as Prometheus does; at most ``maxConcurrent`` service
-long-polls are open at once and the rest queue for a slot in FIFO order, so with N services above
-the cap each one is re-queried about every ``N / maxConcurrent x watchTimeout`` at worst (a
-service that changes while it queues is seen on its next turn). Auto picks Blocking below
-:data:`AUTO_POLLING_AT` matched services and Polling at or above, and switches back only below
-:data:`AUTO_BLOCKING_BELOW` (hysteresis), handing the current targets to the new mode.
+fetch, a service whose own index has not moved is not decoded or rebuilt.
+
+Blocking holds one long-poll on the catalog plus one per service, throttled by
+``refreshInterval`` as Prometheus does; at most ``maxConcurrent`` service long-polls are open at
+once and the rest queue for a slot in FIFO order. With N services above the cap each long-poll's
+wait shrinks to ``watchTimeout x maxConcurrent / N`` (at least 1s), so a full rotation still takes
+about ``watchTimeout`` and every service is re-queried about that often (a change to a queued
+service is seen on its next turn).
+
+Auto picks Blocking below :data:`AUTO_POLLING_AT` matched services and Polling at or above, and
+switches back only below :data:`AUTO_BLOCKING_BELOW` (hysteresis), handing the current targets to
+the new mode.
 """
 
 from __future__ import annotations
@@ -527,6 +532,24 @@ async def _watch_catalog(
         await asyncio.sleep(max(0.0, started + query.refresh_interval - loop.time()))
 
 
+# The shortest wait a long-poll is given when slots are shared (see shared_wait).
+MIN_SHARED_WAIT = 1.0
+
+
+def shared_wait(*, query: DiscoveryQuery, watched: int) -> float:
+    """The blocking wait of one service watch when ``watched`` watches share the slots.
+
+    With more watches than ``maxConcurrent`` slots, a long-poll that holds its slot for the full
+    ``watchTimeout`` starves the queue: a service waiting its turn would be re-queried only every
+    ``watched / maxConcurrent x watchTimeout``. Shortening each wait in proportion keeps a full
+    rotation near ``watchTimeout``, so every service is re-queried about that often, as in
+    Prometheus; while every watch has its own slot, this is ``watchTimeout`` itself.
+    """
+    if watched <= query.max_concurrent:
+        return query.watch_timeout
+    return max(MIN_SHARED_WAIT, query.watch_timeout * query.max_concurrent / watched)
+
+
 async def watch_service(
     name: str,
     *,
@@ -549,7 +572,7 @@ async def watch_service(
                     query=query,
                     client=client,
                     index=index,
-                    wait=query.watch_timeout,
+                    wait=shared_wait(query=query, watched=len(state.watched)),
                     unchanged_index=index if index > 0 else None,
                 )
         except ConsulError as error:

@@ -7,6 +7,7 @@ a test that waits minutes of Consul time finishes in milliseconds of real time.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -263,16 +264,30 @@ async def test_blocking_holds_at_most_max_concurrent_long_polls(sim: ConsulSimul
     recorder = Recorder()
     query = DiscoveryQuery(mode="Blocking", max_concurrent=10, watch_timeout=60, datacenter="dc1")
     sim.counters.reset()
+    queried: dict[str, list[float]] = {}
     async with client_for(sim, connections=11) as client:
+        loop = asyncio.get_running_loop()
+        original = client.service_instances
+
+        async def spy(name: str, **kwargs: Any) -> Any:
+            queried.setdefault(name, []).append(loop.time())
+            return await original(name, **kwargs)
+
+        client.service_instances = spy  # type: ignore[method-assign]
         task = await running(run_discovery(query=query, client=client, publish=recorder.publish))
         first = await recorder.next()
-        await asyncio.sleep(600)  # ten minutes of long-polls rotating through the slots
+        await asyncio.sleep(900)  # fifteen minutes of long-polls rotating through the slots
         await stop(task)
     assert first.complete
     assert first.targets == 50
     # Ten service long-polls plus the catalog's.
     assert sim.counters.peak_in_flight <= 11
     assert sim.counters.peak_connections <= 11
+    # Fifty watches share ten slots, so each wait shrinks to 12s and every service is asked
+    # again about every watchTimeout (60s), not every 50 / 10 x 60s = 300s.
+    gaps = [b - a for times in queried.values() for a, b in itertools.pairwise(times)]
+    assert len(queried) == 50
+    assert max(gaps) < 60 + 30  # plus the 30s refreshInterval throttle
 
 
 async def test_blocking_clears_a_deregistered_service(sim: ConsulSimulator) -> None:
