@@ -1,0 +1,89 @@
+{{/*
+Names and labels shared by every template.
+*/}}
+
+{{- define "consul-sd-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The release's full name: the release name alone when it already contains the chart name
+(`helm install consul-sd-operator ...` gives consul-sd-operator), else release-chart.
+*/}}
+{{- define "consul-sd-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "consul-sd-operator.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "consul-sd-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "consul-sd-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "consul-sd-operator.labels" -}}
+helm.sh/chart: {{ include "consul-sd-operator.chart" . }}
+{{ include "consul-sd-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "consul-sd-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "consul-sd-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "consul-sd-operator.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/*
+The rules the operator needs in each namespace it watches: the same in a ClusterRole (all
+namespaces) and in each Role (watchNamespaces). Verified by tests/e2e/test_rbac.py, which runs
+the operator with exactly these rules and finds no 403.
+*/}}
+{{- define "consul-sd-operator.namespacedRules" -}}
+# kopf lists and watches ConsulDiscovery objects, and patches them to add and remove its
+# finalizer (consul-sd.io/finalizer) and its annotations (consul-sd.io/*).
+- apiGroups: ["consul-sd.io"]
+  resources: ["consuldiscoveries"]
+  verbs: ["list", "watch", "patch"]
+# The runner writes Ready/Degraded/Progressing, counts and outputs into status (merge patch).
+- apiGroups: ["consul-sd.io"]
+  resources: ["consuldiscoveries/status"]
+  verbs: ["patch"]
+# The Consul token, basic-auth and TLS Secrets the spec names, read by name. No list or watch:
+# the operator cannot enumerate Secrets.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get"]
+# The file_sd output: list (by the consul-sd.io/discovery label, to resume after a restart),
+# server-side apply (patch; the apiserver also checks create when the ConfigMap is new), and
+# delete of shards no longer needed.
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["list", "create", "patch", "delete"]
+# The ScrapeConfig output, with the same four verbs as the ConfigMaps.
+- apiGroups: ["monitoring.coreos.com"]
+  resources: ["scrapeconfigs"]
+  verbs: ["list", "create", "patch", "delete"]
+# Events on ConsulDiscovery objects (SecretNotFound, OutputWriteFailed, Recovered, ...), by the
+# runner and by kopf (warnings), both through the core/v1 Events API.
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+{{- end }}

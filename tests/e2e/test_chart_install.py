@@ -1,0 +1,188 @@
+"""``helm install``/``upgrade``/``uninstall`` of the chart on a real kube-apiserver.
+
+The Helm v4 SDK (helm-python-sdk, no helm binary) installs the chart into the session control
+plane, so the apiserver validates every object the chart renders (Deployment, Service,
+ServiceMonitor, RBAC, the CRD's structural schema). An upgrade switches to a namespace list and
+back, and uninstall must leave the CRD (helm.sh/resource-policy: keep). The operator's pod
+template must pass the apiserver's Pod Security admission at level ``restricted``.
+
+Limits: no controller-manager or kubelet: the Deployment is stored, never rolled out, so Helm
+does not wait for readiness. The release and its namespaces are unique per run; the CRD is
+cluster-wide and shared with the other e2e modules, so it is adopted into the release first
+(Helm's documented adoption: its release annotations and managed-by label).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.chart.rendering import CHART_DIR, HELM_MISSING, manifests, one
+from tests.e2e.operator_harness import eventually
+from tests.support.components import ControlPlane
+
+pytest.importorskip("helm_python", reason=HELM_MISSING)
+import helm_python as helm
+
+pytestmark = pytest.mark.e2e
+
+CRD_NAME = "consuldiscoveries.consul-sd.io"
+CRD_PATH = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{CRD_NAME}"
+RBAC = "/apis/rbac.authorization.k8s.io/v1"
+
+
+def get(control_plane: ControlPlane, path: str) -> dict[str, Any] | None:
+    answer = control_plane.request("GET", path)
+    if answer.status == 404:
+        return None
+    assert answer.status == 200, answer.text
+    result: dict[str, Any] = answer.json()
+    return result
+
+
+def create_namespace(control_plane: ControlPlane, name: str) -> None:
+    answer = control_plane.request("POST", "/api/v1/namespaces", body={"metadata": {"name": name}})
+    assert answer.status in (201, 409), answer.text
+
+
+def adopt_crd(control_plane: ControlPlane, *, release: str, namespace: str) -> None:
+    """If the CRD exists (another module applied it), hand it to this release."""
+    if get(control_plane, CRD_PATH) is None:
+        return
+    patch = {
+        "metadata": {
+            "labels": {"app.kubernetes.io/managed-by": "Helm"},
+            "annotations": {
+                "meta.helm.sh/release-name": release,
+                "meta.helm.sh/release-namespace": namespace,
+            },
+        }
+    }
+    answer = control_plane.request(
+        "PATCH", CRD_PATH, body=json.dumps(patch), content_type="application/merge-patch+json"
+    )
+    assert answer.status == 200, answer.text
+
+
+@pytest.fixture
+def release(control_plane: ControlPlane, monitoring_crds: list[str]) -> Iterator[tuple[str, str]]:
+    """A release name and its namespace, uninstalled (if still there) afterwards."""
+    suffix = uuid.uuid4().hex[:6]
+    name, namespace = f"csd-{suffix}", f"chart-{suffix}"
+    create_namespace(control_plane, namespace)
+    yield name, namespace
+    with helm.Config(kubeconfig_path=control_plane.kubeconfig, namespace=namespace) as config:
+        config.uninstall(name, ignore_not_found=True)
+
+
+def test_helm_installs_upgrades_and_uninstalls_the_chart_keeping_the_crd(
+    control_plane: ControlPlane, release: tuple[str, str]
+) -> None:
+    name, namespace = release
+    fullname = f"{name}-consul-sd-operator"
+    adopt_crd(control_plane, release=name, namespace=namespace)
+    teams = [f"{namespace}-a", f"{namespace}-b"]
+    for team in teams:
+        create_namespace(control_plane, team)
+    with helm.Config(kubeconfig_path=control_plane.kubeconfig, namespace=namespace) as config:
+        config.check_reachable()
+        installed = config.install(
+            CHART_DIR,
+            name,
+            {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
+            namespace=namespace,
+            timeout=120,
+        )
+        assert installed["status"] == "deployed", installed
+        assert installed["revision"] == 1
+        assert "every namespace" in installed["notes"]
+        ns = f"/apis/apps/v1/namespaces/{namespace}"
+        deployment = get(control_plane, f"{ns}/deployments/{fullname}")
+        assert deployment is not None
+        assert deployment["spec"]["strategy"]["type"] == "Recreate"
+        assert get(control_plane, f"/api/v1/namespaces/{namespace}/serviceaccounts/{fullname}")
+        assert get(control_plane, f"/api/v1/namespaces/{namespace}/services/{fullname}-metrics")
+        monitor = get(
+            control_plane,
+            f"/apis/monitoring.coreos.com/v1/namespaces/{namespace}/servicemonitors/{fullname}",
+        )
+        assert monitor is not None
+        assert monitor["metadata"]["labels"]["release"] == "prom"
+        assert get(control_plane, f"{RBAC}/clusterroles/{fullname}")
+        assert get(control_plane, f"{RBAC}/clusterrolebindings/{fullname}")
+
+        def crd_established() -> bool:
+            crd = get(control_plane, CRD_PATH) or {}
+            assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+            conditions = (crd.get("status") or {}).get("conditions") or []
+            return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+
+        eventually(crd_established, what="the chart's CRD to be Established")
+
+        upgraded = config.upgrade(
+            CHART_DIR, name, {"watchNamespaces": teams}, namespace=namespace, timeout=120
+        )
+        assert (upgraded["status"], upgraded["revision"]) == ("deployed", 2), upgraded
+        assert get(control_plane, f"{RBAC}/clusterroles/{fullname}") is None
+        assert get(control_plane, f"{RBAC}/clusterrolebindings/{fullname}") is None
+        assert get(control_plane, f"{RBAC}/clusterroles/{fullname}-observer")
+        for team in teams:
+            assert get(control_plane, f"{RBAC}/namespaces/{team}/roles/{fullname}")
+            assert get(control_plane, f"{RBAC}/namespaces/{team}/rolebindings/{fullname}")
+        deployment = get(control_plane, f"{ns}/deployments/{fullname}")
+        assert deployment is not None
+        args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert [a for a in args if a.startswith("--namespace=")] == [
+            f"--namespace={team}" for team in teams
+        ]
+        assert (
+            get(
+                control_plane,
+                f"/apis/monitoring.coreos.com/v1/namespaces/{namespace}/servicemonitors/{fullname}",
+            )
+            is None
+        )
+
+        config.uninstall(name)
+        assert get(control_plane, f"{ns}/deployments/{fullname}") is None
+        assert get(control_plane, f"{RBAC}/clusterroles/{fullname}-observer") is None
+        for team in teams:
+            assert get(control_plane, f"{RBAC}/namespaces/{team}/roles/{fullname}") is None
+    assert get(control_plane, CRD_PATH) is not None, "uninstall must keep the CRD"
+
+
+def test_the_operator_pod_passes_pod_security_restricted(control_plane: ControlPlane) -> None:
+    namespace = f"psa-{uuid.uuid4().hex[:6]}"
+    answer = control_plane.request(
+        "POST",
+        "/api/v1/namespaces",
+        body={
+            "metadata": {
+                "name": namespace,
+                "labels": {
+                    "pod-security.kubernetes.io/enforce": "restricted",
+                    "pod-security.kubernetes.io/enforce-version": "latest",
+                },
+            }
+        },
+    )
+    assert answer.status == 201, answer.text
+    deployment = one(manifests(namespace=namespace), "Deployment")
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "operator", "namespace": namespace},
+        "spec": deployment["spec"]["template"]["spec"],
+    }
+    path = f"/api/v1/namespaces/{namespace}/pods?dryRun=All"
+    answer = control_plane.request("POST", path, body=pod)
+    assert answer.status == 201, answer.text
+    # The same admission refuses a pod that drops the chart's security context.
+    pod["spec"] = {**pod["spec"], "securityContext": {}}
+    answer = control_plane.request("POST", path, body=pod)
+    assert answer.status == 403, answer.text
+    assert "violates PodSecurity" in answer.text

@@ -1,0 +1,140 @@
+"""examples/ against the real thing: the apiserver accepts every object, Prometheus the config.
+
+Every example object is created with server-side dry run (``dryRun=All``) on the session
+kube-apiserver with the ConsulDiscovery CRD and prometheus-operator's CRDs installed, so the
+structural schemas, the StatefulSet validation and the Prometheus CR schema all judge them.
+The file_sd example's prometheus.yml then runs in a real Prometheus v3, reading shard files
+named and filled exactly as the operator fills its ConfigMaps.
+
+Limits: dry run stores nothing, so no controller acts on the objects; the Prometheus test
+rewrites only the mount path of the file_sd glob (to a temporary directory).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from consul_sd.outputs import config_map_shards
+from consul_sd.spec import parse_spec
+from consul_sd.targets import Target
+from tests.e2e.operator_harness import CRD_FILE, eventually
+from tests.support.components import ControlPlane, Prometheus
+
+pytestmark = pytest.mark.e2e
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+# kind -> collection path (namespaced kinds with {ns}).
+COLLECTIONS = {
+    "Namespace": "/api/v1/namespaces",
+    "Secret": "/api/v1/namespaces/{ns}/secrets",
+    "ConfigMap": "/api/v1/namespaces/{ns}/configmaps",
+    "ServiceAccount": "/api/v1/namespaces/{ns}/serviceaccounts",
+    "StatefulSet": "/apis/apps/v1/namespaces/{ns}/statefulsets",
+    "ConsulDiscovery": "/apis/consul-sd.io/v1alpha1/namespaces/{ns}/consuldiscoveries",
+    "Prometheus": "/apis/monitoring.coreos.com/v1/namespaces/{ns}/prometheuses",
+}
+
+
+def example_documents() -> list[dict[str, Any]]:
+    return [
+        doc
+        for path in sorted(EXAMPLES.rglob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc
+    ]
+
+
+def install_crd(control_plane: ControlPlane) -> None:
+    document = yaml.safe_load(CRD_FILE.read_text())
+    name = document["metadata"]["name"]
+    base = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+    answer = control_plane.request(
+        "PATCH",
+        f"{base}/{name}?fieldManager=e2e-examples&force=true",
+        body=json.dumps(document),
+        content_type="application/apply-patch+yaml",
+    )
+    assert answer.status in (200, 201), answer.text
+
+    def established() -> bool:
+        found = control_plane.request("GET", f"{base}/{name}").json()
+        conditions = (found.get("status") or {}).get("conditions") or []
+        return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+
+    eventually(established, what="the ConsulDiscovery CRD")
+
+
+def test_the_apiserver_accepts_every_example_object(
+    control_plane: ControlPlane, monitoring_crds: list[str]
+) -> None:
+    install_crd(control_plane)
+    documents = example_documents()
+    for namespace in [d for d in documents if d["kind"] == "Namespace"]:
+        answer = control_plane.request(
+            "PATCH",
+            f"/api/v1/namespaces/{namespace['metadata']['name']}?fieldManager=e2e-examples",
+            body=json.dumps(namespace),
+            content_type="application/apply-patch+yaml",
+        )
+        assert answer.status in (200, 201), answer.text
+    checked = []
+    for document in documents:
+        if document["kind"] == "Namespace":
+            continue
+        path = COLLECTIONS[document["kind"]].format(ns=document["metadata"].get("namespace"))
+        answer = control_plane.request(
+            "POST", f"{path}?dryRun=All&fieldValidation=Strict", body=document
+        )
+        assert answer.status in (200, 201), (document["kind"], answer.text)
+        checked.append(document["kind"])
+    assert {"ConsulDiscovery", "StatefulSet", "Prometheus", "ConfigMap"} <= set(checked)
+
+
+def test_the_example_prometheus_config_scrapes_what_the_operator_writes(
+    prometheus_factory: Callable[..., Prometheus], tmp_path: Path
+) -> None:
+    documents = example_documents()
+    config_map = next(
+        d
+        for d in documents
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "prometheus-config"
+    )
+    config = yaml.safe_load(config_map["data"]["prometheus.yml"])
+    job = config["scrape_configs"][0]
+    (pattern,) = job["file_sd_configs"][0]["files"]
+    shards_dir = tmp_path / "consul-sd"
+    shards_dir.mkdir()
+    job["file_sd_configs"][0]["files"] = [str(shards_dir / Path(pattern).name)]
+    web = next(
+        d for d in documents if d["kind"] == "ConsulDiscovery" and d["metadata"]["name"] == "web"
+    )
+    output = parse_spec(web["spec"], require_output=True).output
+    assert output is not None
+    assert output.config_map is not None
+    groups = {
+        f"svc-{i}": (
+            Target(
+                address=f"127.0.0.1:{1 + i}",
+                labels=(("__meta_consul_node", "node-1"), ("__meta_consul_service", f"svc-{i}")),
+            ),
+        )
+        for i in range(5)
+    }
+    for shard in config_map_shards(groups, output=output.config_map):
+        (shards_dir / shard.key).write_bytes(shard.data)
+    prometheus = prometheus_factory(config)
+
+    def discovered() -> list[dict[str, Any]]:
+        targets = [t for t in prometheus.targets() if t["scrapePool"] == job["job_name"]]
+        assert len(targets) == 5, targets
+        return targets
+
+    targets = eventually(discovered, timeout=60, what="the example job's targets")
+    assert {t["labels"]["service"] for t in targets} == {f"svc-{i}" for i in range(5)}
+    assert {t["labels"]["node"] for t in targets} == {"node-1"}

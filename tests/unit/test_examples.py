@@ -1,0 +1,131 @@
+"""examples/: every file parses, every ConsulDiscovery is valid, and the Prometheus side matches.
+
+Offline: each ConsulDiscovery goes through the operator's own validation
+(``parse_spec(..., require_output=True)``); the Prometheus snippets are checked against the CRs
+they serve (the projected shards, the file_sd glob against the keys the operator writes, the
+Prometheus CR's selectors against the ScrapeConfig labels). tests/e2e/test_examples.py has the
+apiserver and a real Prometheus accept them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from consul_sd.outputs import config_map_shards
+from consul_sd.spec import ConsulDiscoverySpec, parse_spec
+from consul_sd.targets import Target
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+FILES = sorted(EXAMPLES.rglob("*.yaml"))
+
+
+def documents(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def discoveries() -> dict[str, tuple[dict[str, Any], ConsulDiscoverySpec]]:
+    found = {}
+    for path in FILES:
+        for doc in documents(path):
+            if doc["kind"] == "ConsulDiscovery":
+                found[doc["metadata"]["name"]] = (doc, parse_spec(doc["spec"], require_output=True))
+    return found
+
+
+def find(kind: str, name: str) -> dict[str, Any]:
+    for path in FILES:
+        for doc in documents(path):
+            if doc["kind"] == kind and doc["metadata"]["name"] == name:
+                return doc
+    raise AssertionError(f"no {kind} {name} in examples/")
+
+
+@pytest.mark.parametrize("path", FILES, ids=[str(p.relative_to(EXAMPLES)) for p in FILES])
+def test_every_example_parses_into_kubernetes_objects(path: Path) -> None:
+    docs = documents(path)
+    assert docs
+    for doc in docs:
+        assert {"apiVersion", "kind", "metadata"} <= doc.keys(), doc
+        assert doc["metadata"]["name"]
+
+
+def test_every_example_consul_discovery_passes_the_operators_validation() -> None:
+    found = discoveries()
+    assert len(found) >= 4
+    for doc, spec in found.values():
+        assert doc["apiVersion"] == "consul-sd.io/v1alpha1"
+        assert spec.output is not None
+
+
+def test_the_examples_cover_every_mode_and_both_outputs() -> None:
+    specs = [spec for _, spec in discoveries().values()]
+    assert {spec.mode for spec in specs} == {"Polling", "Blocking", "Auto"}
+    assert any(s.output and s.output.config_map for s in specs)
+    assert any(s.output and s.output.scrape_config for s in specs)
+
+
+def test_the_statefulset_mounts_every_possible_shard_optionally() -> None:
+    _, spec = discoveries()["web"]
+    assert spec.output is not None
+    assert spec.output.config_map is not None
+    output = spec.output.config_map
+    statefulset = find("StatefulSet", "prometheus")
+    volumes = {v["name"]: v for v in statefulset["spec"]["template"]["spec"]["volumes"]}
+    sources = volumes["consul-sd"]["projected"]["sources"]
+    assert sources == [
+        {"configMap": {"name": f"{output.name}-{i}", "optional": True}}
+        for i in range(output.max_shards)
+    ]
+    mounts = statefulset["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+    assert all("subPath" not in mount for mount in mounts)
+
+
+def test_the_file_sd_glob_matches_the_keys_the_operator_writes_and_no_other() -> None:
+    _, spec = discoveries()["web"]
+    assert spec.output is not None
+    assert spec.output.config_map is not None
+    config = yaml.safe_load(find("ConfigMap", "prometheus-config")["data"]["prometheus.yml"])
+    (job,) = config["scrape_configs"]
+    (pattern,) = job["file_sd_configs"][0]["files"]
+    mount = next(
+        m["mountPath"]
+        for m in find("StatefulSet", "prometheus")["spec"]["template"]["spec"]["containers"][0][
+            "volumeMounts"
+        ]
+        if m["name"] == "consul-sd"
+    )
+    groups = {
+        f"svc-{i}": (
+            Target(address=f"10.0.0.{i}:9100", labels=(("__meta_consul_service", f"svc-{i}"),)),
+        )
+        for i in range(50)
+    }
+    shards = config_map_shards(groups, output=spec.output.config_map)
+    assert shards
+    for shard in shards:
+        assert fnmatch.fnmatch(f"{mount}/{shard.key}", pattern), (shard.key, pattern)
+    assert not fnmatch.fnmatch(f"{mount}/payments-targets-0.json", pattern)
+
+
+def test_the_prometheus_cr_selects_the_example_scrape_configs() -> None:
+    prometheus = find("Prometheus", "main")["spec"]
+    wanted = prometheus["scrapeConfigSelector"]["matchLabels"]
+    namespace_labels = find("Namespace", "monitoring")["metadata"]["labels"]
+    assert (
+        prometheus["scrapeConfigNamespaceSelector"]["matchLabels"].items()
+        <= namespace_labels.items()
+    )
+    selected = [
+        name
+        for name, (doc, spec) in discoveries().items()
+        if spec.output is not None
+        and spec.output.scrape_config is not None
+        and wanted.items() <= spec.output.scrape_config.labels.items()
+        and doc["metadata"]["namespace"] == "monitoring"
+    ]
+    assert sorted(selected) == ["edge", "platform"]
