@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: venv lint test test-unit bins cluster cluster-down demo demo-down bench clean
+.PHONY: venv lint test test-unit generate bins cluster cluster-down demo demo-down bench clean
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -29,6 +29,11 @@ test: lint
 
 test-unit: venv
 	$(BIN)/pytest -m "not e2e" $(PYTEST_ARGS)
+
+# Regenerate what is generated from the spec model (tests fail when these drift).
+generate: venv
+	$(BIN)/python -m consul_sd.crd --write
+	$(BIN)/python -m consul_sd.docs --write
 
 bins:
 	hack/bins/build.sh all

@@ -47,48 +47,7 @@ CROSS_FIELD_RULES: tuple[tuple[str, str], ...] = (
 
 # Descriptions for fields the model does not describe yet, by path as on the page. Moving one
 # into spec.py/status.py (Field(description=...)) makes the tests ask for its removal here.
-FALLBACK_DESCRIPTIONS: dict[str, str] = {
-    "spec.tagSeparator": "Joins an instance's tags into __meta_consul_tags (Prometheus's "
-    "tag_separator); the value also starts and ends the joined string.",
-    "spec.consul.scheme": "http, or https (TLS; see tls for the CA and a client certificate).",
-    "spec.consul.pathPrefix": "Prefix of every API path, for Consul behind a reverse proxy.",
-    "spec.consul.allowStale": "Let any Consul server answer (?stale), not only the leader: "
-    "less load on the leader, and reads keep working without one.",
-    "spec.consul.tls.serverName": "Name to verify the server certificate against; empty: the "
-    "host of server.",
-    "spec.consul.tls.insecureSkipVerify": "Do not verify the server certificate (testing only).",
-    "spec.consul.tokenSecretRef.name": "Secret name, in the ConsulDiscovery's namespace.",
-    "spec.consul.tokenSecretRef.key": "Key of the Secret holding the ACL token.",
-    "spec.consul.basicAuthSecretRef.name": "Secret name, in the ConsulDiscovery's namespace.",
-    "spec.consul.basicAuthSecretRef.usernameKey": "Key of the Secret holding the user name.",
-    "spec.consul.basicAuthSecretRef.passwordKey": "Key of the Secret holding the password.",
-    "spec.selector.nodeMeta": "An instance's node must carry every one of these metadata "
-    "key/value pairs (Prometheus's node_meta).",
-    "spec.output.configMap.name": "Prefix of the ConfigMaps: <name>-0, <name>-1, ...",
-    "spec.output.scrapeConfig.name": "Prefix of the ScrapeConfigs: <name>-0, <name>-1, ...",
-    "spec.output.scrapeConfig.jobName": "ScrapeConfig jobName; empty: prometheus-operator "
-    "names the job scrapeConfig/<namespace>/<object name>.",
-    "spec.output.scrapeConfig.scrapeInterval": "Empty: the Prometheus's scrapeInterval.",
-    "spec.output.scrapeConfig.scrapeTimeout": "Empty: the Prometheus's scrapeTimeout.",
-    "spec.output.scrapeConfig.metricsPath": "Empty: /metrics.",
-    "spec.output.scrapeConfig.scheme": "Empty: http.",
-    "spec.output.scrapeConfig.params": "URL parameters sent with every scrape.",
-    "spec.output.scrapeConfig.honorLabels": "Prometheus's honor_labels.",
-    "spec.output.scrapeConfig.honorTimestamps": "Prometheus's honor_timestamps.",
-    "spec.output.scrapeConfig.relabelings": "Target relabeling; the __meta_consul_* labels "
-    "are available here.",
-    "spec.output.scrapeConfig.metricRelabelings": "Relabeling of scraped samples.",
-    "spec.output.scrapeConfig.maxTargetsPerObject": "At most this many targets per "
-    "ScrapeConfig object (each also stays under 1 MiB).",
-    "status.observedGeneration": "The metadata.generation this status describes.",
-    "status.conditions": "Ready, Degraded and Progressing.",
-    "status.services": "Services matched by the selector.",
-    "status.targets": "Targets written to the outputs.",
-    "status.failedServices": "Services whose last query failed (they keep their previous targets).",
-    "status.lastSyncTime": "When a complete snapshot was last published (RFC 3339).",
-    "status.lastSyncDuration": "How long the last Polling cycle took.",
-    "status.outputs": "The objects written: kind, name, targets and bytes of each.",
-}
+FALLBACK_DESCRIPTIONS: dict[str, str] = {}
 
 
 def _description(path: str, node: dict[str, Any]) -> str:

@@ -48,7 +48,14 @@ def configure(*, settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> 
     memo.kube = Kube.from_environment()
 
 
-@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=CANCELLATION_TIMEOUT)
+@kopf.daemon(
+    GROUP,
+    VERSION,
+    PLURAL,
+    # Above GENERATION_POLL_SECONDS, so the daemon stops by itself before kopf cancels it.
+    cancellation_backoff=2 * GENERATION_POLL_SECONDS,
+    cancellation_timeout=CANCELLATION_TIMEOUT,
+)
 async def run_consul_discovery(
     *,
     name: str,

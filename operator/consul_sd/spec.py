@@ -58,26 +58,41 @@ class _Model(BaseModel):
 class SecretKeyRef(_Model):
     """A key of a Secret in the ConsulDiscovery's namespace."""
 
-    name: ObjectName
-    key: str = Field(min_length=1)
+    name: ObjectName = Field(description="Secret name, in the ConsulDiscovery's namespace.")
+    key: str = Field(min_length=1, description="Key of the Secret holding the value.")
 
 
 class BasicAuthSecretRef(_Model):
     """HTTP basic auth for Consul from one Secret."""
 
-    name: ObjectName
-    username_key: str = Field(default="username", min_length=1)
-    password_key: str = Field(default="password", min_length=1)
+    name: ObjectName = Field(description="Secret name, in the ConsulDiscovery's namespace.")
+    username_key: str = Field(
+        default="username", min_length=1, description="Key of the Secret holding the user name."
+    )
+    password_key: str = Field(
+        default="password", min_length=1, description="Key of the Secret holding the password."
+    )
 
 
 class TLSConfig(_Model):
     """TLS to Consul. Without ``caSecretRef`` the system trust store verifies the server."""
 
-    ca_secret_ref: SecretKeyRef | None = None
-    cert_secret_ref: SecretKeyRef | None = None
-    key_secret_ref: SecretKeyRef | None = None
-    server_name: str = ""
-    insecure_skip_verify: bool = False
+    ca_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="PEM CA bundle that verifies Consul's certificate."
+    )
+    cert_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="PEM client certificate (with keySecretRef), for mTLS."
+    )
+    key_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="PEM private key of the client certificate."
+    )
+    server_name: str = Field(
+        default="",
+        description="Name to verify the server certificate against; empty: the host of server.",
+    )
+    insecure_skip_verify: bool = Field(
+        default=False, description="Do not verify the server certificate (testing only)."
+    )
 
     @model_validator(mode="after")
     def _cert_and_key_together(self) -> TLSConfig:
@@ -94,15 +109,29 @@ class ConsulConfig(_Model):
         pattern=r"^(\[[0-9a-fA-F:.%a-zA-Z]+\]|[^:/\s\[\]]+)(:[0-9]{1,5})?$",
         description="host:port of a Consul agent or server, e.g. consul.consul.svc:8500.",
     )
-    scheme: Literal["http", "https"] = "http"
-    path_prefix: str = Field(default="", pattern=r"^(/[^?#\s]*)?$")
+    scheme: Literal["http", "https"] = Field(
+        default="http", description="http, or https (TLS; see tls for the CA and a client cert)."
+    )
+    path_prefix: str = Field(
+        default="",
+        pattern=r"^(/[^?#\s]*)?$",
+        description="Prefix of every API path, for Consul behind a reverse proxy.",
+    )
     datacenter: str = Field(default="", description="Empty: the agent's own (/v1/agent/self).")
     namespace: str = Field(default="", description="Consul Enterprise namespace; sent when set.")
     partition: str = Field(default="", description="Consul Enterprise admin partition.")
-    allow_stale: bool = True
-    token_secret_ref: SecretKeyRef | None = None
-    basic_auth_secret_ref: BasicAuthSecretRef | None = None
-    tls: TLSConfig | None = None
+    allow_stale: bool = Field(
+        default=True,
+        description="Let any Consul server answer (?stale), not only the leader: less load on "
+        "the leader, and reads keep working without one.",
+    )
+    token_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="The ACL token, sent as X-Consul-Token (never in URLs)."
+    )
+    basic_auth_secret_ref: BasicAuthSecretRef | None = Field(
+        default=None, description="HTTP basic auth, for Consul behind a proxy that wants it."
+    )
+    tls: TLSConfig | None = Field(default=None, description="TLS settings for https.")
 
     @model_validator(mode="after")
     def _one_credential(self) -> ConsulConfig:
@@ -121,7 +150,11 @@ class Selector(_Model):
     tags: list[Annotated[str, Field(min_length=1)]] = Field(
         default_factory=list, description="An instance must carry every one of these tags."
     )
-    node_meta: dict[str, str] = Field(default_factory=dict)
+    node_meta: dict[str, str] = Field(
+        default_factory=dict,
+        description="An instance's node must carry every one of these metadata key/value pairs "
+        "(Prometheus's node_meta).",
+    )
     filter: str = Field(default="", description="Consul filter expression for the catalog.")
     health_filter: str = Field(
         default="", description="Consul filter expression for /v1/health/service."
@@ -131,7 +164,9 @@ class Selector(_Model):
 class ConfigMapOutput(_Model):
     """file_sd JSON in ConfigMaps named ``<name>-<shard>``, one ``<name>-<shard>.json`` each."""
 
-    name: Annotated[str, Field(min_length=1, max_length=200, pattern=OBJECT_NAME_PATTERN)]
+    name: Annotated[str, Field(min_length=1, max_length=200, pattern=OBJECT_NAME_PATTERN)] = Field(
+        description="Prefix of the ConfigMaps: <name>-0, <name>-1, ..."
+    )
     max_shards: int = Field(
         default=32,
         ge=1,
@@ -149,12 +184,14 @@ class ConfigMapOutput(_Model):
 class RelabelConfig(_Model):
     """One relabeling rule, in prometheus-operator's RelabelConfig shape."""
 
-    source_labels: list[Annotated[str, Field(pattern=LABEL_NAME_PATTERN)]] | None = None
-    separator: str | None = None
-    target_label: str | None = None
-    regex: str | None = None
-    modulus: int | None = Field(default=None, ge=0)
-    replacement: str | None = None
+    source_labels: list[Annotated[str, Field(pattern=LABEL_NAME_PATTERN)]] | None = Field(
+        default=None, description="Labels whose values are joined and matched against regex."
+    )
+    separator: str | None = Field(default=None, description="Joins sourceLabels (default ;).")
+    target_label: str | None = Field(default=None, description="Label the result is written to.")
+    regex: str | None = Field(default=None, description="RE2, anchored (default (.*)).")
+    modulus: int | None = Field(default=None, ge=0, description="Modulus for hashmod.")
+    replacement: str | None = Field(default=None, description="Replacement (default $1).")
     action: (
         Literal[
             "replace",
@@ -187,28 +224,60 @@ class RelabelConfig(_Model):
 class ScrapeConfigOutput(_Model):
     """Prometheus Operator ScrapeConfig objects named ``<name>-<shard>`` with static targets."""
 
-    name: Annotated[str, Field(min_length=1, max_length=200, pattern=OBJECT_NAME_PATTERN)]
+    name: Annotated[str, Field(min_length=1, max_length=200, pattern=OBJECT_NAME_PATTERN)] = Field(
+        description="Prefix of the ScrapeConfigs: <name>-0, <name>-1, ..."
+    )
     labels: dict[str, str] = Field(
         default_factory=dict, description="Labels on the objects, for scrapeConfigSelector."
     )
-    job_name: str | None = Field(default=None, min_length=1)
-    scrape_interval: Duration | None = None
-    scrape_timeout: Duration | None = None
-    metrics_path: str | None = Field(default=None, min_length=1)
-    scheme: Literal["http", "https", "HTTP", "HTTPS"] | None = None
-    params: dict[str, list[str]] | None = None
-    honor_labels: bool | None = None
-    honor_timestamps: bool | None = None
-    relabelings: list[RelabelConfig] = Field(default_factory=list)
-    metric_relabelings: list[RelabelConfig] = Field(default_factory=list)
-    max_targets_per_object: int = Field(default=2000, ge=1, le=10000)
+    job_name: str | None = Field(
+        default=None,
+        min_length=1,
+        description="ScrapeConfig jobName; empty: prometheus-operator names the job "
+        "scrapeConfig/<namespace>/<object name>.",
+    )
+    scrape_interval: Duration | None = Field(
+        default=None, description="Empty: the Prometheus's scrapeInterval."
+    )
+    scrape_timeout: Duration | None = Field(
+        default=None, description="Empty: the Prometheus's scrapeTimeout."
+    )
+    metrics_path: str | None = Field(default=None, min_length=1, description="Empty: /metrics.")
+    scheme: Literal["http", "https", "HTTP", "HTTPS"] | None = Field(
+        default=None, description="Empty: http."
+    )
+    params: dict[str, list[str]] | None = Field(
+        default=None, description="URL parameters sent with every scrape."
+    )
+    honor_labels: bool | None = Field(default=None, description="Prometheus's honor_labels.")
+    honor_timestamps: bool | None = Field(
+        default=None, description="Prometheus's honor_timestamps."
+    )
+    relabelings: list[RelabelConfig] = Field(
+        default_factory=list,
+        description="Target relabeling; the __meta_consul_* labels are available here.",
+    )
+    metric_relabelings: list[RelabelConfig] = Field(
+        default_factory=list, description="Relabeling of scraped samples."
+    )
+    max_targets_per_object: int = Field(
+        default=2000,
+        ge=1,
+        le=10000,
+        description="At most this many targets per ScrapeConfig object (each also stays under "
+        "1 MiB).",
+    )
 
 
 class Output(_Model):
     """Where the targets go; at least one of the two."""
 
-    config_map: ConfigMapOutput | None = None
-    scrape_config: ScrapeConfigOutput | None = None
+    config_map: ConfigMapOutput | None = Field(
+        default=None, description="file_sd JSON in ConfigMaps for a Prometheus that mounts them."
+    )
+    scrape_config: ScrapeConfigOutput | None = Field(
+        default=None, description="Prometheus Operator ScrapeConfig objects with static targets."
+    )
 
     @model_validator(mode="after")
     def _at_least_one(self) -> Output:
@@ -243,8 +312,13 @@ class ConsulDiscoverySpec(_Model):
     watch_timeout: Duration = Field(
         default="2m", description="Blocking query wait; Consul caps it at 10m."
     )
-    tag_separator: str = Field(default=",", max_length=16)
-    output: Output | None = None
+    tag_separator: str = Field(
+        default=",",
+        max_length=16,
+        description="Joins an instance's tags into __meta_consul_tags (Prometheus's "
+        "tag_separator); the value also starts and ends the joined string.",
+    )
+    output: Output | None = Field(default=None, description="Where the targets are written.")
 
     @field_validator("watch_timeout")
     @classmethod

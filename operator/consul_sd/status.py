@@ -46,17 +46,31 @@ class OutputRef(_Model):
 
 
 class ConsulDiscoveryStatus(_Model):
-    observed_generation: int | None = None
-    conditions: list[Condition] = Field(default_factory=list)
+    observed_generation: int | None = Field(
+        default=None, description="The metadata.generation this status describes."
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Ready, Degraded and Progressing."
+    )
     mode: Literal["Polling", "Blocking"] | None = Field(
         default=None, description="The mode in effect (Auto resolves to one of these)."
     )
-    services: int | None = None
-    targets: int | None = None
-    failed_services: int | None = None
-    last_sync_time: str | None = None
-    last_sync_duration: str | None = None
+    services: int | None = Field(default=None, description="Services matched by the selector.")
+    targets: int | None = Field(default=None, description="Targets written to the outputs.")
+    failed_services: int | None = Field(
+        default=None,
+        description="Services whose last query failed (they keep their previous targets).",
+    )
+    last_sync_time: str | None = Field(
+        default=None, description="When a complete snapshot was last published (RFC 3339)."
+    )
+    last_sync_duration: str | None = Field(
+        default=None, description="How long the last Polling cycle took."
+    )
     consul_requests: int | None = Field(
         default=None, description="Consul requests since the previous publication."
     )
-    outputs: list[OutputRef] = Field(default_factory=list)
+    outputs: list[OutputRef] = Field(
+        default_factory=list,
+        description="The objects written: kind, name, targets and bytes of each.",
+    )
