@@ -89,7 +89,7 @@ async def test_a_registration_is_rendered_with_every_field_it_set(
         (
             {"Node": "n", "Address": "a", "Check": {"Name": "c", "ServiceID": "nope"}},
             500,
-            "Missing service registration",
+            "Unknown service ID 'nope' for check ID 'c'",
         ),
         ({"Node": "n", "Address": "a", "NodeMeta": {"k": 1}}, 400, "Request decode failed"),
     ],

@@ -107,7 +107,7 @@ Predicate: TypeAlias = Callable[[Row], bool]
 
 
 class FilterError(ValueError):
-    """The expression does not parse or does not fit the rows; Consul answers 400 with it."""
+    """The expression does not parse or does not fit the rows; Consul 1.16 answers 500 with it."""
 
     def __str__(self) -> str:
         return f"Failed to create boolean expression evaluator: {self.args[0]}"

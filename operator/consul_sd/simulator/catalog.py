@@ -7,14 +7,21 @@ table; a per-service index raised by the service's instances, its checks, node-l
 node records of its nodes; and a "last extinction" index for services that no longer exist.
 Rows render to JSON exactly in the shape Consul 1.16 CE returns (``render_*``).
 
+Registrations are validated as Consul 1.16.3 validates them, with its messages (checked against a
+real agent by tests/oracle): node IDs must be UUIDs, service meta follows Consul's key/value rules
+(node meta is not checked on this path), any-addresses are refused as service addresses, and check
+statuses are stored whatever they are (an unknown one aggregates to "" in discovery).
+
 Limits: one datacenter, no namespaces or partitions (a registration's ``Namespace``/``Partition``
 is echoed in Enterprise style but not used as a scope), exact-case service names, no Connect
-kinds beyond echoing ``Kind``, not thread-safe.
+kinds beyond echoing ``Kind``, not thread-safe. A ``Service`` with neither ``ID`` nor ``Service``
+is refused, where Consul stores a service with an empty name.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -163,6 +170,7 @@ def render_service(inst: Instance) -> dict[str, Any]:
         out["Namespace"] = inst.namespace
     if inst.partition:
         out["Partition"] = inst.partition
+    out["PeerName"] = ""
     out["CreateIndex"] = inst.create_index
     out["ModifyIndex"] = inst.modify_index
     return out
@@ -206,12 +214,14 @@ def render_service_node(inst: Instance, node: Node) -> dict[str, Any]:
     if inst.tagged_addresses:
         out["ServiceTaggedAddresses"] = inst.tagged_addresses
     out["ServiceWeights"] = inst.weights
-    out["ServiceMeta"] = inst.meta
+    # The catalog endpoint shows a service without meta as {} (the health endpoint as null).
+    out["ServiceMeta"] = inst.meta if inst.meta is not None else {}
     out["ServicePort"] = inst.port  # no omitempty on structs.ServiceNode
     out["ServiceSocketPath"] = ""
     out["ServiceEnableTagOverride"] = inst.enable_tag_override
     out["ServiceProxy"] = _PROXY
     out["ServiceConnect"] = {}
+    out["ServiceLocality"] = None
     if inst.namespace:
         out["Namespace"] = inst.namespace
     if inst.partition:
@@ -286,17 +296,21 @@ class Catalog:
         """Apply a PUT /v1/catalog/register body; returns the raft index of the write."""
         if not isinstance(body, Mapping):
             raise ConsulError(400, "Request decode failed: expected a JSON object")
+        # In Consul's order: forwarding by datacenter, then nodePreApply, then the address.
+        self._check_dc(body)
         node_name = _opt_str(body, "Node")
         if not node_name:
             raise ConsulError(500, "Must provide node")
+        node_id = _opt_str(body, "ID")
+        if node_id:
+            _check_node_id(node_id)
         skip_node_update = bool(body.get("SkipNodeUpdate", False))
         address = _opt_str(body, "Address")
         if not address and not skip_node_update:
             raise ConsulError(500, "Must provide address if SkipNodeUpdate is not set")
-        self._check_dc(body)
         node = Node(
             name=node_name,
-            id=_opt_str(body, "ID"),
+            id=node_id,
             address=address,
             datacenter=self.datacenter,
             tagged_addresses=_opt_str_map(body, "TaggedAddresses"),
@@ -304,6 +318,9 @@ class Catalog:
         )
         inst = self._parse_service(node_name, body.get("Service"))
         checks = self._parse_checks(node_name, body=body, inst=inst)
+        if inst is not None:
+            # Consul validates service meta in its state store, after every other check.
+            _check_service_meta(inst)
 
         idx = self._begin()
         self._ensure_node(node, idx=idx, skip_update=skip_node_update)
@@ -355,7 +372,9 @@ class Catalog:
             raise ConsulError(400, "Request decode failed: Service must be an object")
         name = _opt_str(raw, "Service")
         if not name:
-            raise ConsulError(500, "Must provide service name with ID")
+            raise ConsulError(
+                500, "Must provide service name (Service.Service) when service ID is provided"
+            )
         tags = raw.get("Tags")
         if tags is not None and (
             not isinstance(tags, list) or not all(isinstance(t, str) for t in tags)
@@ -370,14 +389,17 @@ class Catalog:
         tagged = raw.get("TaggedAddresses")
         if tagged is not None and not isinstance(tagged, Mapping):
             raise ConsulError(400, "Request decode failed: TaggedAddresses must be an object")
+        address = _opt_str(raw, "Address")
+        if address in _ANY_ADDRESSES:
+            raise ConsulError(500, "Invalid service address")
         return Instance(
             node=node,
             id=_opt_str(raw, "ID") or name,
             name=name,
             kind=_opt_str(raw, "Kind"),
             tags=list(tags) if tags is not None else None,
-            address=_opt_str(raw, "Address"),
-            tagged_addresses=dict(tagged) if tagged else None,
+            address=address,
+            tagged_addresses=dict(sorted(tagged.items())) if tagged else None,
             meta=_opt_str_map(raw, "Meta"),
             port=port,
             weights=weights,
@@ -405,17 +427,23 @@ class Catalog:
             if not check_id:
                 raise ConsulError(500, "Must provide a CheckID or a Name for each check")
             check_node = _opt_str(raw, "Node") or node
-            if check_node != node:
-                raise ConsulError(500, "Node mismatch in check registration")
+            if check_node.lower() != node.lower():
+                raise ConsulError(
+                    500,
+                    f"Node '{check_node}' for check '{check_id}' doesn't match "
+                    f"register request node '{node}'",
+                )
+            # Consul stores any status it is given (an unknown one aggregates to ""), and
+            # critical when there is none.
             status = _opt_str(raw, "Status") or "critical"
-            if status not in HEALTH_STATES:
-                raise ConsulError(500, f"Invalid check status {status!r}")
             service_id = _opt_str(raw, "ServiceID")
             target = inst if inst is not None and inst.id == service_id else None
             if service_id and target is None:
                 target = self.instances.get(node, {}).get(service_id)
                 if target is None:
-                    raise ConsulError(500, "Missing service registration")
+                    raise ConsulError(
+                        500, f"Unknown service ID '{service_id}' for check ID '{check_id}'"
+                    )
             checks.append(
                 Check(
                     node=node,
@@ -666,7 +694,67 @@ def _opt_str_map(body: Mapping[str, Any], key: str) -> dict[str, str] | None:
         isinstance(k, str) and isinstance(v, str) for k, v in value.items()
     ):
         raise ConsulError(400, f"Request decode failed: {key} must map strings to strings")
-    return dict(value)
+    # Go's encoder writes map keys sorted (by bytes, i.e. by code point for UTF-8).
+    return dict(sorted(value.items()))
+
+
+# ipaddr.IsAny: what Consul refuses as a service address.
+_ANY_ADDRESSES = frozenset({"0.0.0.0", "::", "[::]"})
+_META_KEY = re.compile(r"[a-zA-Z0-9_-]+")
+_META_MAX_PAIRS = 64
+_META_KEY_MAX_BYTES = 128
+_META_VALUE_MAX_BYTES = 512
+_META_RESERVED_PREFIX = "consul-"
+# structs.allowedConsulMetaKeysForMeshGateway
+_MESH_GATEWAY_META_KEYS = frozenset({"consul-wan-federation"})
+
+
+def _check_service_meta(inst: Instance) -> None:
+    """structs.ValidateServiceMetadata, with the state store's message around it."""
+    problem = _meta_problem(inst.meta or {}, kind=inst.kind)
+    if problem is not None:
+        raise ConsulError(
+            500,
+            f"failed inserting service: Invalid Service Meta for node {inst.node} "
+            f"and serviceID {inst.id}: {problem}",
+        )
+
+
+def _meta_problem(meta: Mapping[str, str], *, kind: str) -> str | None:
+    if len(meta) > _META_MAX_PAIRS:
+        # Consul's wording, whether the meta is a node's or a service's.
+        return f"Node metadata cannot contain more than {_META_MAX_PAIRS} key/value pairs"
+    allowed = _MESH_GATEWAY_META_KEYS if kind == "mesh-gateway" else frozenset()
+    for key, value in meta.items():
+        if not key:
+            reason = "Key cannot be blank"
+        elif not _META_KEY.fullmatch(key):
+            reason = "Key contains invalid characters"
+        elif len(key.encode()) > _META_KEY_MAX_BYTES:
+            reason = f"Key is too long (limit: {_META_KEY_MAX_BYTES} characters)"
+        elif key.startswith(_META_RESERVED_PREFIX) and key not in allowed:
+            reason = f"Key prefix '{_META_RESERVED_PREFIX}' is reserved for internal use"
+        elif len(value.encode()) > _META_VALUE_MAX_BYTES:
+            reason = f"Value is too long (limit: {_META_VALUE_MAX_BYTES} characters)"
+        else:
+            continue
+        return f"Couldn't load metadata pair ('{key}', '{value}'): {reason}"
+    return None
+
+
+def _check_node_id(node_id: str) -> None:
+    """hashicorp/go-uuid's ParseUUID, as Consul's nodePreApply reports it."""
+    raw = node_id.encode()
+    if len(raw) != 36:
+        raise ConsulError(500, "Bad node ID: uuid string is wrong length")
+    if any(raw[i : i + 1] != b"-" for i in (8, 13, 18, 23)):
+        raise ConsulError(500, "Bad node ID: uuid is improperly formatted")
+    for byte in raw[0:8] + raw[9:13] + raw[14:18] + raw[19:23] + raw[24:]:
+        if chr(byte) not in "0123456789abcdefABCDEF":
+            # encoding/hex's InvalidByteError (a byte, not a rune), formatted with %#U.
+            raise ConsulError(
+                500, f"Bad node ID: encoding/hex: invalid byte: U+{byte:04X} '{chr(byte)}'"
+            )
 
 
 def _weights(weights: Any) -> dict[str, int]:

@@ -551,7 +551,8 @@ class ConsulSimulator:
         try:
             return bexpr.compile_filter(expression, schema)
         except bexpr.FilterError as exc:
-            raise ConsulError(400, str(exc)) from None
+            # Consul 1.16 answers a filter it cannot compile with a 500, not a 400.
+            raise ConsulError(500, str(exc)) from None
 
     def _service_faults(self, name: str) -> None:
         if not name:
