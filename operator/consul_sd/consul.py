@@ -452,6 +452,9 @@ def _error_for_status(*, status: int, body: bytes, path: str) -> ConsulError:
         return ConsulRateLimited(message, status=status)
     if status == 500 and "No path to datacenter" in text:
         return ConsulDatacenterUnknown(message, status=status)
+    if status == 500 and "Failed to create boolean expression evaluator" in text:
+        # Consul 1.16 answers a filter it cannot compile with a 500; retrying cannot help.
+        return ConsulBadRequest(message, status=status)
     if status in _RETRYABLE_STATUSES:
         return ConsulServerError(message, status=status)
     if status == 400:

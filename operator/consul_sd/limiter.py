@@ -57,7 +57,7 @@ class AdaptiveLimit:
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
                 self._release()  # the slot was handed over just before the cancellation
-            else:
+            elif waiter in self._waiters:  # a release may already have dropped it
                 self._waiters.remove(waiter)
             raise
 

@@ -7,8 +7,9 @@ has to merge. The rules every mode keeps:
 - A service whose fetch failed keeps its previous targets; a service gone from the catalog has its
   targets cleared. A catalog failure keeps everything.
 - ``Snapshot.complete`` is False until the catalog has been listed and every matched service has
-  answered once; sinks never write a snapshot that is not complete before one that is (so an
-  outage or a cold start never publishes an empty or partial set).
+  answered once (or failed permanently while others answered, see :func:`is_whole`); sinks never
+  write a snapshot that is not complete before one that is (so an outage or a cold start never
+  publishes an empty or partial set).
 - Errors back off with jitter; cancellation stops every in-flight request (structured with
   TaskGroups, no task outlives its worker).
 
@@ -42,7 +43,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
 from consul_sd.backoff import backoff_delay
-from consul_sd.consul import ConsulClient, ConsulError, next_index
+from consul_sd.consul import (
+    ConsulBadRequest,
+    ConsulBadResponse,
+    ConsulClient,
+    ConsulError,
+    next_index,
+)
 from consul_sd.spec import ConsulDiscoverySpec, Mode
 from consul_sd.targets import TargetGroup, build_target_group, count_targets
 
@@ -136,6 +143,32 @@ class Snapshot:
 
 
 Publish = Callable[[Snapshot], Awaitable[None]]
+# Failures no retry changes: Consul refused the query (400, e.g. a service named "" that Consul
+# lists but cannot answer for) or answered something that is not its JSON. Prometheus skips such
+# a service and discovers the rest; so does a snapshot here (see is_whole).
+PERMANENT_FAILURES = (ConsulBadRequest, ConsulBadResponse)
+
+
+def is_permanent(error: ConsulError) -> bool:
+    return isinstance(error, PERMANENT_FAILURES)
+
+
+def is_whole(
+    *, matched: Iterable[str], groups: Mapping[str, TargetGroup], failed: Mapping[str, ConsulError]
+) -> bool:
+    """Every matched service has targets, or failed permanently while others answered.
+
+    A service that fails for a reason that can pass (unreachable, 5xx, 429, ACL) holds the
+    snapshot back until it answers once. One that fails permanently does not hold back the rest,
+    unless nothing answered at all: a filter Consul cannot compile fails every service, and that
+    must never publish an empty set.
+    """
+    missing = [name for name in matched if name not in groups]
+    if not missing:
+        return True
+    if not groups:
+        return False
+    return all(name in failed and is_permanent(failed[name]) for name in missing)
 
 
 def is_publishable(snapshot: Snapshot, *, published_before: bool) -> bool:
@@ -319,7 +352,8 @@ async def poll_services(
     known: dict[str, TargetGroup] = dict(seed or {})
     indexes: dict[str, int] = {}
     failures = 0
-    settled: tuple[int, int, int] | None = None  # the gate of the last whole, clean cycle
+    # The gate, services and permanent failures of the last whole cycle with nothing to retry.
+    settled: tuple[tuple[int, int, int], list[str], dict[str, ConsulError]] | None = None
     while True:
         started = loop.time()
         try:
@@ -343,13 +377,14 @@ async def poll_services(
             continue
         failures = 0
         gate = await read_change_gate(query=query, client=client, services_index=services_index)
-        if gate is not None and gate == settled and set(names) == set(known):
+        if gate is not None and settled is not None and (gate, names) == settled[:2]:
             await publish(
                 Snapshot(
                     groups=dict(known),
                     mode="Polling",
                     complete=True,
                     matched=len(names),
+                    failed=settled[2],
                     duration=loop.time() - started,
                     requests=client.stats.take(),
                 )
@@ -377,12 +412,14 @@ async def poll_services(
         for name in set(indexes) - set(fresh):
             del indexes[name]
         known = fresh
-        settled = gate if not failed and len(known) == len(names) else None
+        complete = is_whole(matched=names, groups=known, failed=failed)
+        retry = any(not is_permanent(error) for error in failed.values())
+        settled = (gate, names, failed) if gate is not None and complete and not retry else None
         await publish(
             Snapshot(
                 groups=dict(known),
                 mode="Polling",
-                complete=len(known) == len(names),
+                complete=complete,
                 matched=len(names),
                 failed=failed,
                 duration=loop.time() - started,
@@ -456,7 +493,8 @@ class _WatchState:
         return Snapshot(
             groups=groups,
             mode="Blocking",
-            complete=self.listed and len(groups) == len(self.watched),
+            complete=self.listed
+            and is_whole(matched=self.watched, groups=groups, failed=self.failed),
             matched=len(self.watched),
             failed=dict(self.failed),
             error=self.catalog_error,
@@ -523,6 +561,11 @@ async def _watch_catalog(
             failures += 1
             continue
         failures = 0
+        if index_went_back(previous=index, answered=answered):
+            # Distrust this answer (a restored snapshot, a lagging server, or a parked query
+            # whose token was just revoked answering an empty catalog): read again, plainly.
+            index = 0
+            continue
         if state.catalog_error is not None:
             state.catalog_error = None
             state.changed.set()
@@ -530,6 +573,17 @@ async def _watch_catalog(
             reconcile(names)
         index = next_index(previous=index, answered=answered)
         await asyncio.sleep(max(0.0, started + query.refresh_interval - loop.time()))
+
+
+def index_went_back(*, previous: int, answered: int) -> bool:
+    """Whether a blocking answer's index is below the one asked with.
+
+    Consul's rule is to reset the index and read again. The answer itself is not applied: seen
+    on a real agent, a health long-poll parked with a token that is then deleted answers 200 with
+    index 1 and an empty body, which would otherwise replace the service's targets with nothing;
+    the plain read that follows gets the 403 instead, and the targets are kept.
+    """
+    return previous > 0 and max(answered, 1) < previous
 
 
 # The shortest wait a long-poll is given when slots are shared (see shared_wait).
@@ -582,6 +636,9 @@ async def watch_service(
             failures += 1
             continue
         failures = 0
+        if index_went_back(previous=index, answered=answered):
+            index = 0  # distrust this answer, as for the catalog: read again, plainly
+            continue
         if name in state.failed:
             del state.failed[name]
             state.changed.set()

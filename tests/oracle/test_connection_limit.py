@@ -190,11 +190,6 @@ def test_ours_keeps_every_target_under_the_connection_cap_where_prometheus_is_ob
     assert runs["Blocking"].limit_decreases > 0, runs["Blocking"].summary()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine: AdaptiveLimit raises ValueError when cancelled waiters were already "
-    "dequeued, so stopping Blocking mode under the cap crashes instead of exiting cleanly",
-)
 def test_discover_stops_cleanly_on_sigterm_while_long_polls_queue_for_slots(
     limited_agent: ConsulAgent, discoverers: Callable[..., Discoverer], tmp_path: Path
 ) -> None:

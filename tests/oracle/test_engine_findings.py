@@ -1,8 +1,7 @@
-"""Engine behaviour the oracle found wrong against a real Consul 1.16.3 agent.
+"""Engine behaviour the oracle found wrong against a real Consul 1.16.3 agent, now fixed.
 
-Each test states the behaviour the engine should have and is marked ``xfail(strict=True)``: it
-fails today, and once the engine is fixed the suite reports an unexpected pass, so the marker is
-removed together with the fix. The engine itself (``operator/consul_sd``) is not changed here.
+Each test states a behaviour the oracle first found missing on a real agent (each failed before
+its fix in the engine) and now guards it.
 """
 
 from __future__ import annotations
@@ -30,10 +29,6 @@ from tests.support.components import ConsulAgent
 pytestmark = pytest.mark.e2e
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine: one catalog entry Consul cannot answer for blocks every other target",
-)
 def test_a_service_registered_without_a_name_does_not_hide_every_other_target(
     consul_agent_factory: Callable[..., ConsulAgent],
 ) -> None:
@@ -54,11 +49,6 @@ def test_a_service_registered_without_a_name_does_not_hide_every_other_target(
     assert '"__meta_consul_service_id":"web-1"' in result.stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine: Consul 1.16 answers a bad filter with a 500, classified as a retryable "
-    "ConsulServerError instead of a permanent bad request",
-)
 def test_a_filter_consul_cannot_compile_is_a_bad_request_and_is_not_retried(
     consul_agent_factory: Callable[..., ConsulAgent],
 ) -> None:
@@ -78,11 +68,6 @@ def test_a_filter_consul_cannot_compile_is_a_bad_request_and_is_not_retried(
     assert asyncio.run(list_with_a_bad_filter()) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine: Blocking applies a parked query's empty answer with an index gone back to "
-    "1 (Consul's streaming backend, on token revocation) and writes an empty file",
-)
 def test_blocking_mode_keeps_the_file_when_a_revoked_token_empties_parked_queries(
     consul_agent_factory: Callable[..., ConsulAgent], tmp_path: Path
 ) -> None:
@@ -111,11 +96,6 @@ def test_blocking_mode_keeps_the_file_when_a_revoked_token_empties_parked_querie
     assert writer.writes == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine: AdaptiveLimit.__aenter__ removes a cancelled waiter that _wake already "
-    "dequeued, raising ValueError instead of CancelledError",
-)
 def test_cancelling_queued_requests_of_the_adaptive_limit_raises_only_cancelled_error() -> None:
     # What happens at every shutdown (and when a Blocking watch is cancelled) while requests
     # queue for a slot: cancelling a task cancels its waiter future at once, a release runs

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from consul_sd.consul import ConsulClient, ConsulEndpoint, RetryPolicy
+from consul_sd.consul import ConsulACLDenied, ConsulClient, ConsulEndpoint, RetryPolicy
 from consul_sd.render import render_file_sd
 from consul_sd.simulator import ConsulSimulator
 from consul_sd.spec import Mode
@@ -481,3 +481,101 @@ async def test_a_failed_service_is_fetched_again_even_when_nothing_changed(
         await stop(task)
     assert healed.failed == {}
     assert ids(healed, "db") == ["db-n1", "db-n2"]
+
+
+# -------------------------------------------------------------------- failures and odd answers
+
+
+@pytest.mark.parametrize("mode", ["Polling", "Blocking"])
+async def test_a_service_consul_cannot_answer_does_not_hold_back_the_rest(
+    sim: ConsulSimulator, mode: Mode
+) -> None:
+    sim.register(instance("web", "n1"))
+    sim.register(instance("odd", "n1"))
+    sim.faults.malformed_services = {"odd"}
+    query = DiscoveryQuery(mode=mode, refresh_interval=5, datacenter="dc1")
+    async with client_for(sim) as client:
+        snapshot = await discover_once(query=query, client=client)
+    assert snapshot.complete
+    assert set(snapshot.groups) == {"web"}
+    assert snapshot.failed["odd"].reason == "MalformedConsulResponse"
+
+
+async def test_a_health_filter_consul_rejects_everywhere_publishes_nothing(
+    sim: ConsulSimulator,
+) -> None:
+    sim.register(instance("web", "n1"))
+    sim.register(instance("db", "n1"))
+    recorder = Recorder()
+    query = DiscoveryQuery(mode="Polling", health_filter="Service.Port >>> 1", datacenter="dc1")
+    async with client_for(sim) as client:
+        task = await running(run_discovery(query=query, client=client, publish=recorder.publish))
+        snapshot = await recorder.next()
+        await stop(task)
+    assert snapshot.groups == {}
+    assert set(snapshot.failed) == {"web", "db"}
+    assert not snapshot.complete
+    assert snapshot.failed["web"].reason == "ConsulBadRequest"
+    assert sim.counters.requests["health_service"] == 2  # a bad request is not retried
+
+
+async def test_an_answer_whose_index_went_back_is_not_applied(sim: ConsulSimulator) -> None:
+    sim.register(instance("web", "n1"))
+    recorder = Recorder()
+    query = DiscoveryQuery(
+        mode="Blocking", services=("web",), refresh_interval=1, watch_timeout=10, datacenter="dc1"
+    )
+    async with client_for(sim) as client:
+        original = client.service_instances
+        revoked = False
+
+        async def revoked_mid_wait(name: str, **kwargs: Any) -> Any:
+            # What a real agent does when the token of a parked query is deleted: the parked
+            # query answers an empty list with index 1, every later request a 403.
+            nonlocal revoked
+            if revoked:
+                raise ConsulACLDenied("HTTP 403: ACL not found", status=403)
+            if kwargs["index"] > 0:
+                await asyncio.sleep(kwargs["wait"])
+                revoked = True
+                return [], 1
+            return await original(name, **kwargs)
+
+        client.service_instances = revoked_mid_wait  # type: ignore[method-assign]
+        task = await running(run_discovery(query=query, client=client, publish=recorder.publish))
+        await recorder.next()
+        denied = await recorder.until(lambda s: "web" in s.failed)
+        await stop(task)
+    assert revoked
+    assert denied.failed["web"].reason == "ACLDenied"
+    assert all(ids(s, "web") == ["web-n1"] for s in recorder.snapshots)
+
+
+async def test_a_catalog_answer_whose_index_went_back_does_not_clear_services(
+    sim: ConsulSimulator,
+) -> None:
+    sim.register(instance("web", "n1"))
+    recorder = Recorder()
+    query = DiscoveryQuery(mode="Blocking", refresh_interval=1, watch_timeout=10, datacenter="dc1")
+    async with client_for(sim) as client:
+        original = client.list_services
+        revoked = False
+
+        async def revoked_mid_wait(**kwargs: Any) -> Any:
+            nonlocal revoked
+            if revoked:
+                raise ConsulACLDenied("HTTP 403: ACL not found", status=403)
+            if kwargs["index"] > 0:
+                await asyncio.sleep(kwargs["wait"])
+                revoked = True
+                return {}, 1
+            return await original(**kwargs)
+
+        client.list_services = revoked_mid_wait  # type: ignore[method-assign]
+        task = await running(run_discovery(query=query, client=client, publish=recorder.publish))
+        await recorder.next()
+        denied = await recorder.until(lambda s: s.error is not None)
+        await stop(task)
+    assert denied.error is not None
+    assert denied.error.reason == "ACLDenied"
+    assert all(ids(s, "web") == ["web-n1"] for s in recorder.snapshots)
