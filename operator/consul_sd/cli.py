@@ -178,33 +178,44 @@ def load_spec(args: argparse.Namespace) -> ConsulDiscoverySpec:
             raise UsageError(f"--spec {args.spec}: spec is not a mapping")
     consul = dict(data.get("consul") or {})
     selector = dict(data.get("selector") or {})
-    _override(consul, "server", args.server)
-    _override(consul, "scheme", args.scheme)
-    _override(consul, "pathPrefix", args.path_prefix)
-    _override(consul, "datacenter", args.datacenter)
-    _override(consul, "namespace", args.namespace)
-    _override(consul, "partition", args.partition)
-    _override(consul, "allowStale", args.allow_stale)
-    _override(selector, "services", args.services)
-    _override(selector, "tags", args.tags)
-    _override(selector, "nodeMeta", args.node_meta)
-    _override(selector, "filter", args.filter)
-    _override(selector, "healthFilter", args.health_filter)
+    _set_given(
+        consul,
+        server=args.server,
+        scheme=args.scheme,
+        pathPrefix=args.path_prefix,
+        datacenter=args.datacenter,
+        namespace=args.namespace,
+        partition=args.partition,
+        allowStale=args.allow_stale,
+    )
+    _set_given(
+        selector,
+        services=args.services,
+        tags=args.tags,
+        nodeMeta=args.node_meta,
+        filter=args.filter,
+        healthFilter=args.health_filter,
+    )
     spec = dict(data, consul=consul, selector=selector)
     spec.pop("output", None)  # outputs are the operator's; discover writes --output
-    _override(spec, "tagSeparator", args.tag_separator)
-    _override(spec, "mode", args.mode.capitalize() if args.mode else None)
-    _override(spec, "maxConcurrent", args.max_concurrent)
-    _override(spec, "refreshInterval", args.refresh_interval)
-    _override(spec, "watchTimeout", args.watch_timeout)
+    _set_given(
+        spec,
+        tagSeparator=args.tag_separator,
+        mode=args.mode.capitalize() if args.mode else None,
+        maxConcurrent=args.max_concurrent,
+        refreshInterval=args.refresh_interval,
+        watchTimeout=args.watch_timeout,
+    )
     if "server" not in consul:
         raise UsageError("--server is required (or spec.consul.server in --spec)")
     return parse_spec(spec)
 
 
-def _override(target: dict[str, Any], key: str, value: object) -> None:
-    if value is not None:
-        target[key] = value
+def _set_given(target: dict[str, Any], **values: object) -> None:
+    """Set each value the command line gave (not None) over what the spec file said."""
+    for key, value in values.items():
+        if value is not None:
+            target[key] = value
 
 
 def resolve_endpoint(spec: ConsulDiscoverySpec, args: argparse.Namespace) -> ConsulEndpoint:

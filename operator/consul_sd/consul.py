@@ -23,9 +23,9 @@ import random
 import ssl
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Protocol
 from urllib.parse import quote, urlencode
 
 import aiohttp
@@ -157,8 +157,10 @@ class RequestStats:
         return taken
 
 
-RequestObserver = Callable[[str, str, float], None]
-"""Called with (endpoint, outcome, seconds) after every request, e.g. to feed metrics."""
+class RequestObserver(Protocol):
+    """Called after every request, e.g. to feed metrics."""
+
+    def __call__(self, *, endpoint: str, outcome: str, seconds: float) -> None: ...
 
 
 def next_index(*, previous: int, answered: int) -> int:
@@ -360,7 +362,7 @@ class ConsulClient:
             except ConsulError as error:
                 if isinstance(error, ConsulRateLimited):
                     self.concurrency.record_rejection()
-                self._record(endpoint, _outcome(error), started)
+                self._record(endpoint=endpoint, outcome=_outcome(error), started=started)
                 attempt += 1
                 if not error.retryable or attempt >= self._retry.attempts:
                     raise
@@ -374,13 +376,13 @@ class ConsulClient:
                 )
                 continue
             self.concurrency.record_success()
-            self._record(endpoint, "ok", started)
+            self._record(endpoint=endpoint, outcome="ok", started=started)
             return result
 
-    def _record(self, endpoint: str, outcome: str, started: float) -> None:
+    def _record(self, *, endpoint: str, outcome: str, started: float) -> None:
         self.stats.counts[(endpoint, outcome)] += 1
         if self._observer is not None:
-            self._observer(endpoint, outcome, time.monotonic() - started)
+            self._observer(endpoint=endpoint, outcome=outcome, seconds=time.monotonic() - started)
 
     async def _get_once(
         self,

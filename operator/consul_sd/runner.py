@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from consul_sd import metrics
 from consul_sd.backoff import backoff_delay
-from consul_sd.consul import ConsulClient, ConsulEndpoint
+from consul_sd.consul import ConsulClient, ConsulEndpoint, RequestObserver
 from consul_sd.durations import format_duration
 from consul_sd.endpoints import Credentials, build_endpoint
 from consul_sd.kube import DiscoveryRef, KubeError, SecretNotFound
@@ -285,17 +285,19 @@ class OutputPublisher:
 
     async def _report(self, *, snapshot: Snapshot | None, problem: Problem | None) -> None:
         if self.published:
-            self._set("Ready", "True", REASON_SYNCED, self._synced_message(snapshot))
-            self._set("Progressing", "False", REASON_SYNCED, "")
+            self._set(
+                "Ready", value="True", reason=REASON_SYNCED, message=self._synced_message(snapshot)
+            )
+            self._set("Progressing", value="False", reason=REASON_SYNCED, message="")
         else:
             reason = problem.reason if problem else REASON_FIRST_SYNC
             message = problem.message if problem else "waiting for the first complete discovery"
-            self._set("Ready", "False", reason, message)
-            self._set("Progressing", "True", REASON_FIRST_SYNC, message)
+            self._set("Ready", value="False", reason=reason, message=message)
+            self._set("Progressing", value="True", reason=REASON_FIRST_SYNC, message=message)
         if problem is not None:
-            self._set("Degraded", "True", problem.reason, problem.message)
+            self._set("Degraded", value="True", reason=problem.reason, message=problem.message)
         else:
-            self._set("Degraded", "False", REASON_HEALTHY, "")
+            self._set("Degraded", value="False", reason=REASON_HEALTHY, message="")
         await self._announce(problem)
         status: dict[str, Any] = {
             "observedGeneration": self.generation,
@@ -328,7 +330,7 @@ class OutputPublisher:
         )
         return f"{target} written to {count} {'/'.join(kinds) or 'outputs'} objects"
 
-    def _set(self, kind: str, value: str, reason: str, message: str) -> None:
+    def _set(self, kind: str, *, value: str, reason: str, message: str) -> None:
         previous = self._conditions.get(kind)
         transition = _now()
         if previous is not None and previous["status"] == value:
@@ -457,8 +459,8 @@ async def _credentials_fingerprint(
     return digest.hexdigest()
 
 
-def _observer(ref: DiscoveryRef) -> Callable[[str, str, float], None]:
-    def observe(endpoint: str, outcome: str, seconds: float) -> None:
+def _observer(ref: DiscoveryRef) -> RequestObserver:
+    def observe(*, endpoint: str, outcome: str, seconds: float) -> None:
         metrics.CONSUL_REQUESTS.labels(ref.namespace, ref.name, endpoint, outcome).inc()
 
     return observe

@@ -359,17 +359,16 @@ async def poll_services(
         try:
             names, services_index = await list_matched_services(query=query, client=client)
         except ConsulError as error:
+            # The current catalog is unknown: the last known set is shown for status, but never
+            # offered as complete (a sink keeps what it wrote).
             await publish(
-                Snapshot(
-                    # The current catalog is unknown: the last known set is shown for status,
-                    # but never offered as complete (a sink keeps what it wrote).
-                    groups=dict(known),
-                    mode="Polling",
+                _polled(
+                    client=client,
+                    started=started,
+                    groups=known,
                     complete=False,
                     matched=len(known),
                     error=error,
-                    duration=loop.time() - started,
-                    requests=client.stats.take(),
                 )
             )
             await asyncio.sleep(_error_delay(failures, rng=rng, cap=query.refresh_interval))
@@ -379,14 +378,13 @@ async def poll_services(
         gate = await read_change_gate(query=query, client=client, services_index=services_index)
         if gate is not None and settled is not None and (gate, names) == settled[:2]:
             await publish(
-                Snapshot(
-                    groups=dict(known),
-                    mode="Polling",
+                _polled(
+                    client=client,
+                    started=started,
+                    groups=known,
                     complete=True,
                     matched=len(names),
                     failed=settled[2],
-                    duration=loop.time() - started,
-                    requests=client.stats.take(),
                 )
             )
             await asyncio.sleep(max(0.0, started + query.refresh_interval - loop.time()))
@@ -416,17 +414,39 @@ async def poll_services(
         retry = any(not is_permanent(error) for error in failed.values())
         settled = (gate, names, failed) if gate is not None and complete and not retry else None
         await publish(
-            Snapshot(
-                groups=dict(known),
-                mode="Polling",
+            _polled(
+                client=client,
+                started=started,
+                groups=known,
                 complete=complete,
                 matched=len(names),
                 failed=failed,
-                duration=loop.time() - started,
-                requests=client.stats.take(),
             )
         )
         await asyncio.sleep(max(0.0, started + query.refresh_interval - loop.time()))
+
+
+def _polled(
+    *,
+    client: ConsulClient,
+    started: float,
+    groups: Mapping[str, TargetGroup],
+    complete: bool,
+    matched: int,
+    failed: Mapping[str, ConsulError] | None = None,
+    error: ConsulError | None = None,
+) -> Snapshot:
+    """A polling cycle's snapshot: the requests since the last one and the time it took."""
+    return Snapshot(
+        groups=dict(groups),
+        mode="Polling",
+        complete=complete,
+        matched=matched,
+        failed=dict(failed or {}),
+        error=error,
+        duration=asyncio.get_running_loop().time() - started,
+        requests=client.stats.take(),
+    )
 
 
 async def _fetch_polled(
@@ -685,8 +705,9 @@ async def run_auto(*, query: DiscoveryQuery, client: ConsulClient, publish: Publ
 
         async def observe(
             snapshot: Snapshot,
-            current: EffectiveMode = mode,
-            switch: asyncio.Future[EffectiveMode] = switch_to,
+            *,
+            current: EffectiveMode,
+            switch: asyncio.Future[EffectiveMode],
         ) -> None:
             nonlocal seed
             seed = snapshot.groups
@@ -696,7 +717,8 @@ async def run_auto(*, query: DiscoveryQuery, client: ConsulClient, publish: Publ
                 switch.set_result(wanted)
 
         worker = poll_services if mode == "Polling" else watch_services
-        task = asyncio.create_task(worker(query=query, client=client, publish=observe, seed=seed))
+        observed = functools.partial(observe, current=mode, switch=switch_to)
+        task = asyncio.create_task(worker(query=query, client=client, publish=observed, seed=seed))
         try:
             waiters: set[asyncio.Future[Any]] = {task, switch_to}
             done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -105,7 +105,20 @@ class Simulator:
 class Operator:
     """``consul-sd operator`` in its own process against the control plane."""
 
-    def __init__(self, control_plane: ControlPlane, workdir: Path, *extra: str) -> None:
+    def __init__(
+        self,
+        control_plane: ControlPlane,
+        workdir: Path,
+        *extra: str,
+        token: str | None = None,
+        scope: Sequence[str] = ("--all-namespaces",),
+    ) -> None:
+        """Run as the admin, or as whoever ``token`` authenticates (e.g. the ServiceAccount)."""
+        kubeconfig = control_plane.kubeconfig
+        if token is not None:
+            kubeconfig = control_plane.write_kubeconfig(
+                workdir / f"operator-{free_port()}.kubeconfig", token=token
+            )
         self.metrics_port = free_port()
         self.liveness_port = free_port()
         self.log_path = workdir / f"operator-{self.metrics_port}.log"
@@ -117,7 +130,7 @@ class Operator:
                 "debug",
                 "operator",
                 "--standalone",
-                "--all-namespaces",
+                *scope,
                 "--bind-address",
                 "127.0.0.1",
                 "--metrics-port",
@@ -126,7 +139,7 @@ class Operator:
                 str(self.liveness_port),
                 *extra,
             ],
-            env={**ENV, "KUBECONFIG": str(control_plane.kubeconfig)},
+            env={**ENV, "KUBECONFIG": str(kubeconfig)},
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )

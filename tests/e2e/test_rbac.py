@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +32,7 @@ from tests.e2e.operator_harness import (
     GROUP,
     PLURAL,
     VERSION,
+    Operator,
     Simulator,
     api_client,
     condition,
@@ -140,58 +140,11 @@ class AclSimulator(Simulator):
         eventually(lambda: self.get("/v1/status/leader"), timeout=120, what="the simulator")
 
 
-class RestrictedOperator:
+class RestrictedOperator(Operator):
     """``consul-sd operator`` whose kubeconfig holds the operator's token, not the admin's."""
 
     def __init__(self, control_plane: ControlPlane, *, workdir: Path, scope: list[str]) -> None:
-        kubeconfig = control_plane.write_kubeconfig(
-            workdir / "operator.kubeconfig", token=OPERATOR_TOKEN
-        )
-        self.liveness_port = free_port()
-        self.log_path = workdir / "operator.log"
-        self.log = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            [
-                *CLI,
-                "--log-level",
-                "debug",
-                "operator",
-                "--standalone",
-                *scope,
-                "--bind-address",
-                "127.0.0.1",
-                "--metrics-port",
-                "0",
-                "--liveness-port",
-                str(self.liveness_port),
-            ],
-            env={**ENV, "KUBECONFIG": str(kubeconfig)},
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        eventually(self.alive, timeout=60, what="the operator's liveness endpoint")
-
-    def alive(self) -> bool:
-        assert self.process.poll() is None, self.log_text()[-3000:]
-        try:
-            url = f"http://127.0.0.1:{self.liveness_port}/healthz"
-            with urllib.request.urlopen(url, timeout=5) as response:
-                return bool(response.status == 200)
-        except OSError:
-            return False
-
-    def log_text(self) -> str:
-        self.log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
-        self.log.close()
+        super().__init__(control_plane, workdir, token=OPERATOR_TOKEN, scope=scope)
 
 
 def forbidden_lines(log: str) -> list[str]:
