@@ -148,9 +148,13 @@ class RestrictedOperator(Operator):
         super().__init__(control_plane, workdir, token=OPERATOR_TOKEN, scope=scope)
 
 
-# A status 403 as the apiserver's answers and kopf's logs show it, not any "403" (a port number
-# such as 40379 would match that).
-_FORBIDDEN = re.compile(r"(?<![0-9])403(?![0-9])|forbidden|not enough permissions", re.IGNORECASE)
+# A 403 as the apiserver's answers ("... is forbidden: User ...", "code": 403) and kopf's errors
+# (APIForbiddenError) show it; not any "403", which a port or a log timestamp's milliseconds
+# (",403") can contain.
+_FORBIDDEN = re.compile(
+    r"forbidden|not enough permissions|['\"]code['\"]:\s*403|HTTP 403|status[=: ]+403",
+    re.IGNORECASE,
+)
 
 
 def forbidden_lines(log: str) -> list[str]:
