@@ -183,7 +183,14 @@ def up() -> int:
                 )
     print("\n== ConsulDiscovery demo/demo status")
     print(yaml.safe_dump(cr["status"], sort_keys=False))
-    print(f"running. Try: KUBECONFIG={kubeconfig} ... ; stop everything with: make demo-down")
+    print("running:")
+    print(f"  kubeconfig    {kubeconfig}   (with kubectl: kubectl -n demo get csd,configmaps)")
+    print(f"  operator log  {DEMO / 'operator.log'}")
+    print(
+        f"  Consul        {consul_address}   (.venv/bin/consul-sd discover --server "
+        f"{consul_address} --once)"
+    )
+    print("stop everything with: make demo-down")
     return 0
 
 
