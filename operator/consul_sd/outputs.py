@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from consul_sd.render import render_lines, render_target
+from consul_sd.render import render_lines
 from consul_sd.spec import ConfigMapOutput, ScrapeConfigOutput
 from consul_sd.targets import Target, TargetGroup
 
@@ -116,13 +116,9 @@ def config_map_shards(
     previous: int | None = None,
 ) -> list[ConfigMapShard]:
     """One file_sd document per shard, named ``<name>-<i>`` with key ``<name>-<i>.json``."""
-    lines: dict[Target, str] = {}
 
     def measure(target: Target) -> int:
-        line = lines.get(target)
-        if line is None:
-            line = lines[target] = render_target(target)
-        return len(line.encode()) + 2  # the ",\n" that joins it to the next group
+        return len(target.line.encode()) + 2  # the ",\n" that joins it to the next group
 
     units = _units(groups, measure=measure, split_above=output.max_shard_bytes / 4)
     buckets = _choose_shards(
@@ -136,13 +132,13 @@ def config_map_shards(
         name = f"{output.name}-{i}"
         ordered = sorted(bucket, key=lambda unit: unit[0])
         targets = [t for _, unit_targets, _ in ordered for t in unit_targets]
-        data = render_lines(lines[t] for t in targets)
+        data = render_lines(t.line for t in targets)
         shards.append(ConfigMapShard(name, f"{name}.json", data, len(targets)))
     return shards
 
 
 def static_config(target: Target) -> dict[str, Any]:
-    return {"targets": [target.address], "labels": dict(target.labels)}
+    return {"targets": [target.address], "labels": target.label_dict()}
 
 
 def scrape_config_specs(

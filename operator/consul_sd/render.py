@@ -8,22 +8,14 @@ ConfigMap shard only changes when its own services do.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 
-from consul_sd.targets import Target, TargetGroup, iter_targets
-
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True)
-
-
-def render_target(target: Target) -> str:
-    """One file_sd group for one target: ``{"labels": {...}, "targets": ["host:port"]}``."""
-    return _ENCODER.encode({"labels": dict(target.labels), "targets": [target.address]})
+from consul_sd.targets import TargetGroup, iter_targets
 
 
 def render_file_sd(groups: Mapping[str, TargetGroup]) -> bytes:
     """The file_sd JSON document of every target in ``groups``."""
-    return render_lines(render_target(target) for target in iter_targets(groups))
+    return render_lines(target.line for target in iter_targets(groups))
 
 
 def render_lines(lines: Iterable[str]) -> bytes:

@@ -50,6 +50,7 @@ from consul_sd.consul import (
     ConsulError,
     next_index,
 )
+from consul_sd.memory import release_free_memory
 from consul_sd.spec import ConsulDiscoverySpec, Mode
 from consul_sd.targets import TargetGroup, build_target_group, count_targets
 
@@ -423,6 +424,8 @@ async def poll_services(
                 failed=failed,
             )
         )
+        del results, unchanged
+        release_free_memory()
         await asyncio.sleep(max(0.0, started + query.refresh_interval - loop.time()))
 
 
@@ -681,6 +684,7 @@ async def _publish_changes(*, state: _WatchState, client: ConsulClient, publish:
         state.changed.clear()
         if state.ready():
             await publish(state.snapshot(client))
+            release_free_memory()
 
 
 # ------------------------------------------------------------------------------------------ Auto

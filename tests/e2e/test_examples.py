@@ -119,9 +119,9 @@ def test_the_example_prometheus_config_scrapes_what_the_operator_writes(
     assert output.config_map is not None
     groups = {
         f"svc-{i}": (
-            Target(
-                address=f"127.0.0.1:{1 + i}",
-                labels=(("__meta_consul_node", "node-1"), ("__meta_consul_service", f"svc-{i}")),
+            Target.of(
+                f"127.0.0.1:{1 + i}",
+                {"__meta_consul_node": "node-1", "__meta_consul_service": f"svc-{i}"},
             ),
         )
         for i in range(5)

@@ -100,9 +100,7 @@ def test_the_file_sd_glob_matches_the_keys_the_operator_writes_and_no_other() ->
         if m["name"] == "consul-sd"
     )
     groups = {
-        f"svc-{i}": (
-            Target(address=f"10.0.0.{i}:9100", labels=(("__meta_consul_service", f"svc-{i}"),)),
-        )
+        f"svc-{i}": (Target.of(f"10.0.0.{i}:9100", {"__meta_consul_service": f"svc-{i}"}),)
         for i in range(50)
     }
     shards = config_map_shards(groups, output=spec.output.config_map)
