@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: venv lint test test-unit generate bins cluster cluster-down demo demo-down bench clean
+.PHONY: venv lint test test-unit generate bins cluster cluster-down demo demo-down bench bench-field-report bench-discover-once clean
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -44,8 +44,18 @@ cluster: venv
 cluster-down: venv
 	$(BIN)/python -m tests.support.components cluster-down
 
-bench: venv
-	$(BIN)/python -m benchmarks.discover_once $(BENCH_ARGS)
+# The whole benchmark suite (~35 minutes on 2 cores; see docs/benchmarks.md): the field report
+# side by side with Prometheus plus the cost curve, then discover_once. BENCH_ARGS go to the first
+# (e.g. BENCH_ARGS="--services 7000 --anchor-runs 3 --default-limit-run"), ONCE_ARGS to the second.
+BENCH_ARGS ?=
+ONCE_ARGS ?= --services 7000 --instances 3 --runs 3
+bench: bench-field-report bench-discover-once
+
+bench-field-report: venv
+	$(BIN)/python -m benchmarks.field_report $(BENCH_ARGS)
+
+bench-discover-once: venv
+	$(BIN)/python -m benchmarks.discover_once $(ONCE_ARGS)
 
 demo: venv
 	hack/demo.sh up
