@@ -44,7 +44,7 @@ cluster: venv
 cluster-down: venv
 	$(BIN)/python -m tests.support.components cluster-down
 
-# The whole benchmark suite (~35 minutes on 2 cores; see docs/benchmarks.md): the field report
+# The whole benchmark suite (~33 minutes on 2 cores; see docs/benchmarks.md): the field report
 # side by side with Prometheus plus the cost curve, then discover_once. BENCH_ARGS go to the first
 # (e.g. BENCH_ARGS="--services 7000 --anchor-runs 3 --default-limit-run"), ONCE_ARGS to the second.
 BENCH_ARGS ?=
