@@ -88,6 +88,25 @@ def add_probe_body(services: int) -> Any:
     )
 
 
+def flap_body(services: int, *, service: int, status: str) -> Any:
+    """A re-registration of the check of instance 0 of fleet service ``service`` only, with
+    ``status``: the node as the fleet registered it, so only the checks table moves."""
+    wanted = f"{service_name(service)}-0"
+    body = next(
+        body
+        for body in fleet_registrations(
+            services=service + 1, instances=INSTANCES, nodes=_fleet_nodes(services), seed=1
+        )
+        if body["Service"]["ID"] == wanted
+    )
+    node = {key: body[key] for key in ("ID", "Node", "Address", "TaggedAddresses", "NodeMeta")}
+    return node | {"Check": {**body["Check"], "Status": status}, "SkipNodeUpdate": True}
+
+
+def _fleet_nodes(services: int) -> int:
+    return max(1, services // 20)
+
+
 def _agent(*, workdir: Path, limit: int) -> ConsulAgent:
     agent = ConsulAgent(http_max_conns_per_client=limit, extra_hcl=[_TELEMETRY, _NODE_ID])
     agent.start(workdir, timeout=120.0)
@@ -123,7 +142,7 @@ def fleet_snapshot(*, services: int, workdir: Path) -> tuple[bytes, float]:
     """A Consul snapshot of the fleet (+ the probe node) and the seconds the load took."""
     bodies: list[Any] = list(
         fleet_registrations(
-            services=services, instances=INSTANCES, nodes=max(1, services // 20), seed=1
+            services=services, instances=INSTANCES, nodes=_fleet_nodes(services), seed=1
         )
     )
     bodies += del_probe_bodies(services)
@@ -291,6 +310,20 @@ class FreshConsul:
         for worker in workers:
             worker.join(patience + 30)
         return max(accepted) if len(accepted) == 2 else None
+
+    def flap(self, flip: int) -> bool:
+        """Flip one fleet check: flip k sets the check of service k // 2 (cycling through the
+        fleet) critical when k is even and passing again when odd. True when Consul took it."""
+        service = (flip // 2) % self.services
+        body = flap_body(
+            self.services, service=service, status="passing" if flip % 2 else "critical"
+        )
+        with contextlib.suppress(OSError):
+            return (
+                http_request("PUT", f"http://{self.address}/v1/catalog/register", body=body).status
+                == 200
+            )
+        return False
 
     def log_lines(self) -> list[str]:
         with contextlib.suppress(OSError):

@@ -106,6 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="no change during the window: the cost of a quiet fleet",
     )
+    parser.add_argument(
+        "--flap",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="with --no-probe: every SECONDS of the window flip one fleet check (critical, then"
+        " passing again, cycling through the services): health churn, the most common change",
+    )
     parser.add_argument("--first-timeout", type=float, default=120.0)
     parser.add_argument(
         "--variants-from",
@@ -197,6 +205,7 @@ def run_scenario(
                 length=window,
                 probe=system.talks_to_consul and not args.no_probe,
                 timeout=args.probe_timeout,
+                flap=args.flap if args.no_probe else None,
             )
             window_end = time.monotonic()
             cpu_d2, cpu_c2 = cpu_seconds(running.pid), cpu_seconds(consul.pid)
@@ -283,14 +292,22 @@ def _window(
     length: float,
     probe: bool,
     timeout: float,
+    flap: float | None = None,
 ) -> dict[str, Any]:
-    """Sleep through the window; run the change probe at ``probe_at`` (when it can be read)."""
+    """Sleep through the window; run the change probe at ``probe_at`` (when it can be read),
+    and flip a check every ``flap`` seconds."""
     out: dict[str, Any] = {"add_latency_s": None, "del_latency_s": None, "probe": "skipped"}
+    flips = 0
+    next_flip = start + flap if flap else float("inf")
     probing = probe and expected is not None
     changed_at: float | None = None
     end = start + length
     while True:
         now = time.monotonic()
+        if flap and now >= next_flip and now < end:
+            flips += consul.flap(flips)
+            next_flip += flap
+            out["flips"] = flips
         if probing and changed_at is None and now >= probe_at:
             changed_at = consul.change()
             if changed_at is None:

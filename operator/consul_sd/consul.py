@@ -96,6 +96,16 @@ class Check:
 
 
 @dataclass(frozen=True, slots=True)
+class CheckState:
+    """A row of /v1/health/state: one check of one node (of one service, or the node's own)."""
+
+    node: str
+    check_id: str
+    service_name: str
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
 class Instance:
     """One entry of /v1/health/service/NAME: a service instance on a node, with its checks."""
 
@@ -297,6 +307,22 @@ class ConsulClient:
         _, answered = await self._get(endpoint=endpoint, path=path, params=params)
         return answered
 
+    async def list_checks(self, *, filter_expr: str) -> tuple[frozenset[CheckState], int]:
+        """The checks /v1/health/state/any keeps under ``filter_expr``, and the checks index."""
+        params = self._query_params(index=0, wait=None, node_meta={}, filter_expr=filter_expr)
+        data, answered = await self._get(
+            endpoint="health_state", path="/v1/health/state/any", params=params
+        )
+        return parse_check_states(data), answered
+
+    async def list_nodes(self) -> tuple[list[tuple[str, int]], int]:
+        """Every node of /v1/catalog/nodes with its ModifyIndex, and the nodes index."""
+        params = self._query_params(index=0, wait=None, node_meta={}, filter_expr="")
+        data, answered = await self._get(
+            endpoint="catalog_nodes", path="/v1/catalog/nodes", params=params
+        )
+        return parse_node_indexes(data), answered
+
     async def service_instances(
         self,
         name: str,
@@ -476,6 +502,44 @@ def parse_service_list(data: Any) -> dict[str, tuple[str, ...]]:
             raise ConsulBadResponse(f"{where}: tags of {name!r} are not a list of strings")
         services[name] = tuple(tags)
     return services
+
+
+def parse_check_states(data: Any) -> frozenset[CheckState]:
+    """/v1/health/state/any rows as :class:`CheckState` records, strictly checked."""
+    where = "/v1/health/state/any"
+    if data is None:
+        return frozenset()
+    if not isinstance(data, list):
+        raise ConsulBadResponse(f"{where}: expected a list, got {type(data).__name__}")
+    states = set()
+    for i, row in enumerate(data):
+        if not isinstance(row, dict):
+            raise ConsulBadResponse(f"{where}: entry {i} is not an object")
+        fields = tuple(row.get(key) or "" for key in ("Node", "CheckID", "ServiceName", "Status"))
+        if not set(map(type, fields)) <= {str}:
+            raise ConsulBadResponse(
+                f"{where}: entry {i}: Node, CheckID, ServiceName and Status must be strings"
+            )
+        states.add(CheckState(*fields))
+    return frozenset(states)
+
+
+def parse_node_indexes(data: Any) -> list[tuple[str, int]]:
+    """/v1/catalog/nodes rows as (node name, ModifyIndex), strictly checked."""
+    where = "/v1/catalog/nodes"
+    if data is None:
+        return []
+    if not isinstance(data, list):
+        raise ConsulBadResponse(f"{where}: expected a list, got {type(data).__name__}")
+    nodes = []
+    for i, row in enumerate(data):
+        if not isinstance(row, dict):
+            raise ConsulBadResponse(f"{where}: entry {i} is not an object")
+        name, modified = row.get("Node"), row.get("ModifyIndex")
+        if not isinstance(name, str) or not isinstance(modified, int) or isinstance(modified, bool):
+            raise ConsulBadResponse(f"{where}: entry {i}: Node or ModifyIndex missing or mistyped")
+        nodes.append((name, modified))
+    return nodes
 
 
 def parse_health_entries(data: Any, *, where: str) -> list[Instance]:

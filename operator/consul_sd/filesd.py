@@ -9,6 +9,7 @@ targets in it).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import tempfile
@@ -42,7 +43,8 @@ class FileSDWriter:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.writes = 0
-        self._last: bytes | None = None
+        # A digest, not the bytes: the file of 7000 services is ~13 MiB that would stay resident.
+        self._last_digest: bytes | None = None
         self._problem: str | None = None
 
     async def publish(self, snapshot: Snapshot) -> None:
@@ -54,13 +56,14 @@ class FileSDWriter:
             else:
                 logger.info("recovered from %s", self._problem)
             self._problem = described
-        if not is_publishable(snapshot, published_before=self._last is not None):
+        if not is_publishable(snapshot, published_before=self._last_digest is not None):
             return
         data = render_file_sd(snapshot.groups)
-        if data == self._last:
+        digest = hashlib.sha256(data).digest()
+        if digest == self._last_digest:
             return
         write_atomically(self.path, data)
-        self._last = data
+        self._last_digest = digest
         self.writes += 1
         logger.info(
             "wrote %s: %d targets from %d services (%s)",

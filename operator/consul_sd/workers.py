@@ -16,8 +16,11 @@ has to merge. The rules every mode keeps:
 Polling lists the catalog every ``refreshInterval`` and fetches services with at most
 ``maxConcurrent`` requests in flight. A change gate skips the fetches when the services, checks
 and nodes tables (every input of a /v1/health/service answer) have not moved since the last
-clean cycle, so a quiet fleet costs three small requests per cycle instead of N + 1; within a
-fetch, a service whose own index has not moved is not decoded or rebuilt.
+clean cycle, so a quiet fleet costs three small requests per cycle instead of N + 1. When only
+checks or nodes moved (health flapping, a node's address or meta), only the services on them
+are fetched again; a moved services table (an instance registered, changed or removed) fetches
+every service, as Consul has no cheaper way to say which. Within a fetch, a service whose own
+index has not moved is not decoded or rebuilt.
 
 Blocking holds one long-poll on the catalog plus one per service, throttled by
 ``refreshInterval`` as Prometheus does; at most ``maxConcurrent`` service long-polls are open at
@@ -44,6 +47,7 @@ from typing import Any, Literal, TypeVar
 
 from consul_sd.backoff import backoff_delay
 from consul_sd.consul import (
+    CheckState,
     ConsulBadRequest,
     ConsulBadResponse,
     ConsulClient,
@@ -307,20 +311,46 @@ async def fetch_target_group(
 
 # --------------------------------------------------------------------------------------- Polling
 
-# Filters no row can match (Consul has no node, check or service with an empty name), so the
-# gate's requests return an empty body and only the table index.
+# Filters no row can match (Consul has no node or service with an empty name), so the gate's
+# requests return an empty body and only the table index.
 _NOTHING_NODE = 'Node == ""'
 _NOTHING_SERVICE = 'ServiceName == ""'
+# The checks that decide __meta_consul_health (Consul's AggregatedStatus): any check not passing,
+# and maintenance checks whatever their status. A passing check coming or going, or a change of
+# its output, leaves every label as it was.
+UNHEALTHY_CHECKS_FILTER = (
+    'Status != "passing" or CheckID == "_node_maintenance"'
+    ' or CheckID matches "^_service_maintenance:"'
+)
+# Node-level changes are mapped to services with one catalog lookup per this many nodes; past
+# _MAX_CHANGED_NODES a full refetch is cheaper than the lookups.
+_NODES_PER_LOOKUP = 64
+_MAX_CHANGED_NODES = 512
+
+
+@dataclass(frozen=True)
+class ChangeGate:
+    """What a polling cycle reads first: whether, and where, the catalog moved since the last.
+
+    The services, checks and nodes table indexes are every input of a /v1/health/service
+    answer; ``unhealthy`` is every check that is not passing (with the checks index it came
+    with), so a moved checks index can be narrowed to the services whose health changed.
+    """
+
+    services: int
+    checks: int
+    nodes: int
+    unhealthy: frozenset[CheckState]
 
 
 async def read_change_gate(
     *, query: DiscoveryQuery, client: ConsulClient, services_index: int
-) -> tuple[int, int, int] | None:
-    """The (services, checks, nodes) table indexes: every input of /v1/health/service answers.
+) -> ChangeGate | None:
+    """The change gate; ``None`` (a Consul that refuses the filters, or any error) = unknown.
 
-    When all three are where they were before the previous cycle's fetch, no service's answer
-    can differ, and the cycle is skipped. ``None`` (a Consul that refuses the filters, or any
-    error) means "unknown": the cycle fetches everything.
+    When nothing in it moved since the previous cycle's gate, no service's answer can differ
+    and the cycle is skipped; when only checks or nodes moved, :func:`changed_services` names
+    the few services to fetch again.
     """
     try:
         if not query.uses_catalog:
@@ -329,9 +359,7 @@ async def read_change_gate(
                 path="/v1/catalog/services",
                 filter_expr=_NOTHING_SERVICE,
             )
-        checks = await client.table_index(
-            endpoint="health_state", path="/v1/health/state/any", filter_expr=_NOTHING_NODE
-        )
+        unhealthy, checks = await client.list_checks(filter_expr=UNHEALTHY_CHECKS_FILTER)
         nodes = await client.table_index(
             endpoint="catalog_nodes", path="/v1/catalog/nodes", filter_expr=_NOTHING_NODE
         )
@@ -339,7 +367,70 @@ async def read_change_gate(
         return None
     if min(services_index, checks, nodes) <= 0:
         return None
-    return services_index, checks, nodes
+    return ChangeGate(services=services_index, checks=checks, nodes=nodes, unhealthy=unhealthy)
+
+
+async def changed_services(
+    *, before: ChangeGate, now: ChangeGate, query: DiscoveryQuery, client: ConsulClient
+) -> set[str] | None:
+    """The services whose answers may differ between two gates; ``None`` means any of them.
+
+    - services moved (an instance registered, changed or gone): any service, as Consul offers
+      no per-service index short of asking each service;
+    - checks moved: the services of checks that entered, left or changed the unhealthy set, and
+      for a node's own checks every service on that node; any service when ``healthFilter``
+      reads checks (a passing check can change what it keeps);
+    - nodes moved: every service on a node whose ModifyIndex is past the previous gate (a node
+      removed takes its services with it and moves the services index).
+
+    Node-to-service lookups ask the catalog, not the targets held, so an instance that a filter
+    hid before is found too. Any error means ``None``: the cycle fetches everything.
+    """
+    if now.services != before.services or now.checks < before.checks or now.nodes < before.nodes:
+        # An index going back is a different server's older view: nothing can be narrowed.
+        return None
+    changed: set[str] = set()
+    nodes: set[str] = set()
+    if now.checks != before.checks:
+        if "checks" in query.health_filter.lower():
+            return None
+        for check in before.unhealthy ^ now.unhealthy:
+            if check.service_name:
+                changed.add(check.service_name)
+            else:
+                nodes.add(check.node)
+    try:
+        if now.nodes != before.nodes:
+            listed, _ = await client.list_nodes()
+            nodes.update(name for name, modified in listed if modified > before.nodes)
+        if len(nodes) > _MAX_CHANGED_NODES or any("`" in name for name in nodes):
+            return None
+        ordered = sorted(nodes)
+        for at in range(0, len(ordered), _NODES_PER_LOOKUP):
+            chunk = ordered[at : at + _NODES_PER_LOOKUP]
+            on_nodes, _ = await client.list_services(
+                filter_expr=" or ".join(f"Node == `{name}`" for name in chunk)
+            )
+            changed.update(on_nodes)
+    except ConsulError:
+        return None
+    return changed
+
+
+@dataclass(frozen=True)
+class _Settled:
+    """The last polling cycle that ended whole with nothing to retry.
+
+    ``unsettled`` are the services whose answers carried an index past the gate: they saw a
+    change made during the cycle, which the next gate may not show (a check failing and
+    recovering between two gates leaves the unhealthy set as it was), so the next cycle asks
+    them again.
+    """
+
+    gate: ChangeGate
+    names: list[str]
+    failed: dict[str, ConsulError]
+    unsettled: frozenset[str]
 
 
 async def poll_services(
@@ -349,13 +440,16 @@ async def poll_services(
     publish: Publish,
     seed: Mapping[str, TargetGroup] | None = None,
 ) -> None:
-    """Polling: list, fetch every service with bounded concurrency, publish, sleep; forever."""
+    """Polling: list, fetch every service with bounded concurrency, publish, sleep; forever.
+
+    After a settled cycle, only the services :func:`changed_services` names are fetched (none
+    on a quiet fleet); any doubt fetches them all.
+    """
     loop = asyncio.get_running_loop()
     known: dict[str, TargetGroup] = dict(seed or {})
     indexes: dict[str, int] = {}
     failures = 0
-    # The gate, services and permanent failures of the last whole cycle with nothing to retry.
-    settled: tuple[tuple[int, int, int], list[str], dict[str, ConsulError]] | None = None
+    settled: _Settled | None = None
     while True:
         started = loop.time()
         try:
@@ -378,29 +472,43 @@ async def poll_services(
             continue
         failures = 0
         gate = await read_change_gate(query=query, client=client, services_index=services_index)
-        if gate is not None and settled is not None and (gate, names) == settled[:2]:
-            await publish(
-                _polled(
-                    client=client,
-                    started=started,
-                    groups=known,
-                    complete=True,
-                    matched=len(names),
-                    failed=settled[2],
-                )
+        narrowed: set[str] | None = None
+        if gate is not None and settled is not None and names == settled.names:
+            narrowed = await changed_services(
+                before=settled.gate, now=gate, query=query, client=client
             )
-            await asyncio.sleep(max(0.0, started + query.refresh_interval - loop.time()))
-            continue
+            if narrowed is not None:
+                narrowed |= settled.unsettled
+                if not narrowed.intersection(names):
+                    settled = replace(settled, gate=gate)
+                    await publish(
+                        _polled(
+                            client=client,
+                            started=started,
+                            groups=known,
+                            complete=True,
+                            matched=len(names),
+                            failed=settled.failed,
+                        )
+                    )
+                    await asyncio.sleep(max(0.0, started + query.refresh_interval - loop.time()))
+                    continue
+        if narrowed is None or settled is None:
+            fetched = names
+            failed: dict[str, ConsulError] = {}
+            fresh: dict[str, TargetGroup] = {}
+        else:
+            fetched = [name for name in names if name in narrowed]
+            failed = {name: e for name, e in settled.failed.items() if name not in narrowed}
+            fresh = {name: known[name] for name in names if name in known}
         # A service whose index has not moved is not decoded or rebuilt: skip unchanged indexes.
-        unchanged = {name: indexes[name] for name in known if name in indexes}
+        unchanged = {name: indexes[name] for name in fetched if name in indexes and name in known}
         results = await fetch_all(
-            names,
+            fetched,
             fetch=functools.partial(_fetch_polled, query=query, client=client, unchanged=unchanged),
             max_concurrent=query.max_concurrent,
         )
-        failed: dict[str, ConsulError] = {}
-        fresh: dict[str, TargetGroup] = {}
-        for name in names:
+        for name in fetched:
             result = results[name]
             if isinstance(result, ConsulError):
                 failed[name] = result
@@ -414,7 +522,11 @@ async def poll_services(
         known = fresh
         complete = is_whole(matched=names, groups=known, failed=failed)
         retry = any(not is_permanent(error) for error in failed.values())
-        settled = (gate, names, failed) if gate is not None and complete and not retry else None
+        settled = None
+        if gate is not None and complete and not retry:
+            horizon = max(gate.services, gate.checks, gate.nodes)
+            unsettled = frozenset(name for name in fetched if indexes.get(name, 0) > horizon)
+            settled = _Settled(gate=gate, names=names, failed=failed, unsettled=unsettled)
         await publish(
             _polled(
                 client=client,
@@ -426,7 +538,8 @@ async def poll_services(
             )
         )
         del results, unchanged
-        release_free_memory()
+        if len(fetched) == len(names):
+            release_free_memory()
         await asyncio.sleep(max(0.0, started + query.refresh_interval - loop.time()))
 
 

@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 
 import pytest
 
 from consul_sd.consul import ConsulClient, ConsulEndpoint
-from consul_sd.workers import DiscoveryQuery, read_change_gate
+from consul_sd.workers import ChangeGate, DiscoveryQuery, changed_services, read_change_gate
 from tests.support.components import ConsulAgent
 
 pytestmark = pytest.mark.e2e
 
 
-def register(agent: ConsulAgent, body: dict[str, object]) -> None:
+def register(agent: ConsulAgent, body: Mapping[str, object]) -> None:
     answer = agent.request("PUT", "/v1/catalog/register", body=body)
     assert answer.status == 200, answer.text
 
 
-async def gate(agent: ConsulAgent) -> tuple[int, int, int]:
+async def gate(agent: ConsulAgent) -> ChangeGate:
     endpoint = ConsulEndpoint(server=agent.address)
     async with ConsulClient(endpoint=endpoint, max_connections=2) as client:
         services, index = await client.list_services()
@@ -47,15 +48,88 @@ async def test_the_polling_gate_sees_every_kind_of_change_on_a_real_agent(
         {"Node": node, "Address": "10.3.0.1", "Check": {**check, "Status": "critical"}},
     )
     flipped = await gate(consul_agent)
-    assert flipped[1] > start[1]  # the checks index moved
-    assert flipped[0] == start[0]  # a check flip does not move the services index
+    assert flipped.checks > start.checks
+    assert flipped.services == start.services  # a check flip does not move the services index
 
     register(consul_agent, {"Node": node, "Address": "10.3.0.2", "SkipNodeUpdate": False})
     moved = await gate(consul_agent)
-    assert moved[2] > flipped[2]  # the nodes index moved
+    assert moved.nodes > flipped.nodes
 
     register(
         consul_agent, {"Node": node, "Address": "10.3.0.2", "Service": {**service, "Port": 81}}
     )
     changed = await gate(consul_agent)
-    assert changed[0] > moved[0]  # a changed service definition moves the services index
+    assert changed.services > moved.services  # a changed service definition moves it
+
+
+async def narrowed(agent: ConsulAgent, *, before: ChangeGate) -> tuple[set[str] | None, ChangeGate]:
+    """What a polling cycle would fetch again after ``before``, and the gate it read."""
+    now = await gate(agent)
+    endpoint = ConsulEndpoint(server=agent.address)
+    async with ConsulClient(endpoint=endpoint, max_connections=2) as client:
+        changed = await changed_services(
+            before=before, now=now, query=DiscoveryQuery(datacenter="dc1"), client=client
+        )
+    return changed, now
+
+
+async def test_the_polling_gate_names_the_services_a_change_touches_on_a_real_agent(
+    consul_agent: ConsulAgent,
+) -> None:
+    node, other = (f"narrow-{uuid.uuid4().hex[:6]}-{i}" for i in range(2))
+    web, db, far = (f"{node}-{name}" for name in ("web", "db", "far"))
+
+    def instance(service: str, on: str, *, status: str = "passing", output: str = "") -> None:
+        check = {"CheckID": f"{service}-c", "Name": "c", "ServiceID": service}
+        body = {
+            "Node": on,
+            "Address": "10.4.0.1",
+            "Service": {"ID": service, "Service": service, "Port": 80},
+            "Check": {**check, "Status": status, "Output": output},
+        }
+        register(consul_agent, body)
+
+    instance(web, node)
+    instance(db, node)
+    instance(far, other)
+    start = await gate(consul_agent)
+
+    instance(web, node, status="critical")
+    changed, flipped = await narrowed(consul_agent, before=start)
+    assert changed == {web}
+
+    instance(web, node, status="critical", output="still down")  # no label can change
+    assert (await narrowed(consul_agent, before=flipped))[0] == set()
+
+    instance(web, node, status="passing")  # leaves the unhealthy set
+    recovered, now = await narrowed(consul_agent, before=flipped)
+    assert recovered == {web}
+
+    register(
+        consul_agent,
+        {
+            "Node": node,
+            "Address": "10.4.0.1",
+            "Check": {"CheckID": "serfHealth", "Name": "Serf", "Status": "critical"},
+        },
+    )
+    assert (await narrowed(consul_agent, before=now))[0] == {web, db}  # a node check
+    now = await gate(consul_agent)
+
+    register(consul_agent, {"Node": node, "Address": "10.4.0.9", "NodeMeta": {"rack": "r1"}})
+    assert (await narrowed(consul_agent, before=now))[0] == {web, db}  # a node's address/meta
+    now = await gate(consul_agent)
+
+    register(
+        consul_agent,
+        {
+            "Node": other,
+            "Address": "10.4.0.1",
+            "Check": {"CheckID": "_node_maintenance", "Name": "m", "Status": "critical"},
+        },
+    )
+    assert (await narrowed(consul_agent, before=now))[0] == {far}  # maintenance
+    now = await gate(consul_agent)
+
+    instance(f"{node}-new", other)
+    assert (await narrowed(consul_agent, before=now))[0] is None  # a registration: any service

@@ -24,7 +24,9 @@ from consul_sd.consul import (
     ConsulUnreachable,
     RetryPolicy,
     next_index,
+    parse_check_states,
     parse_health_entries,
+    parse_node_indexes,
 )
 from consul_sd.simulator import ConsulSimulator
 from consul_sd.tlsconfig import build_ssl_context
@@ -155,6 +157,54 @@ async def test_malformed_json_is_a_bad_response_naming_the_endpoint(sim: ConsulS
 def test_unexpected_shapes_are_bad_responses(answer: Any, message: str) -> None:
     with pytest.raises(ConsulBadResponse, match=message):
         parse_health_entries(answer, where="/v1/health/service/x")
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        ({"Node": "n"}, "expected a list"),
+        (["n"], "entry 0 is not an object"),
+        ([{"Node": "n", "CheckID": 7}], "must be strings"),
+    ],
+)
+def test_unexpected_check_rows_are_bad_responses(answer: Any, message: str) -> None:
+    with pytest.raises(ConsulBadResponse, match=f"/v1/health/state/any: .*{message}"):
+        parse_check_states(answer)
+
+
+@pytest.mark.parametrize(
+    "answer", [[{"Node": "n"}], [{"Node": "n", "ModifyIndex": "9"}], [{"ModifyIndex": 9}]]
+)
+def test_node_rows_without_a_name_and_integer_index_are_bad_responses(answer: Any) -> None:
+    with pytest.raises(ConsulBadResponse, match="/v1/catalog/nodes: entry 0"):
+        parse_node_indexes(answer)
+
+
+async def test_unhealthy_checks_and_node_indexes_are_read_with_their_tables_index(
+    sim: ConsulSimulator,
+) -> None:
+    sim.register(
+        {
+            "Node": "n1",
+            "Address": "10.0.0.1",
+            "Service": {"ID": "web-1", "Service": "web", "Port": 80},
+            "Check": {"CheckID": "c1", "Name": "c", "Status": "warning", "ServiceID": "web-1"},
+        }
+    )
+    sim.register({"Node": "n2", "Address": "10.0.0.2"})
+    async with client(sim) as consul:
+        checks, checks_index = await consul.list_checks(filter_expr='Status != "passing"')
+        nodes, nodes_index = await consul.list_nodes()
+    (check,) = checks
+    assert (check.node, check.check_id, check.service_name, check.status) == (
+        "n1",
+        "c1",
+        "web",
+        "warning",
+    )
+    assert checks_index == sim.catalog.table_index["checks"]
+    assert nodes_index == sim.catalog.table_index["nodes"]
+    assert ("n2", nodes_index) in nodes
 
 
 async def test_server_errors_are_retried_with_backoff_then_reported(sim: ConsulSimulator) -> None:

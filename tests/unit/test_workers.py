@@ -483,6 +483,170 @@ async def test_a_failed_service_is_fetched_again_even_when_nothing_changed(
     assert ids(healed, "db") == ["db-n1", "db-n2"]
 
 
+def health(snapshot: Snapshot, service: str) -> list[str]:
+    return [t.label_dict()["__meta_consul_health"] for t in snapshot.groups[service]]
+
+
+def services_on(snapshot: Snapshot, node: str) -> set[str]:
+    return {
+        name
+        for name, group in snapshot.groups.items()
+        if any(t.label_dict()["__meta_consul_node"] == node for t in group)
+    }
+
+
+async def settled_polling(
+    sim: ConsulSimulator, client: ConsulClient, recorder: Recorder, **query: Any
+) -> asyncio.Task[None]:
+    """Polling started and past its first (full) cycle, with the counters reset."""
+    polling = DiscoveryQuery(mode="Polling", refresh_interval=10, datacenter="dc1", **query)
+    task = await running(run_discovery(query=polling, client=client, publish=recorder.publish))
+    await recorder.next()
+    sim.counters.reset()
+    return task
+
+
+async def test_a_health_flip_fetches_only_the_service_it_belongs_to(sim: ConsulSimulator) -> None:
+    sim.generate(services=60, instances=3, nodes=10)
+    recorder = Recorder()
+    async with client_for(sim) as client:
+        task = await settled_polling(sim, client, recorder)
+        sim.set_check_status(node="node-001", check_id="service:svc-00000-1", status="critical")
+        flipped = await recorder.next()
+        await stop(task)
+    assert sim.counters.requests["health_service"] == 1
+    assert health(flipped, "svc-00000") == ["passing", "critical", "passing"]
+    assert flipped.complete
+    assert flipped.targets == 180
+
+
+async def test_a_check_that_recovers_is_fetched_again(sim: ConsulSimulator) -> None:
+    sim.generate(services=20, instances=1, nodes=4)
+    sim.set_check_status(node="node-003", check_id="service:svc-00003-0", status="warning")
+    recorder = Recorder()
+    async with client_for(sim) as client:
+        task = await settled_polling(sim, client, recorder)
+        sim.set_check_status(node="node-003", check_id="service:svc-00003-0", status="passing")
+        recovered = await recorder.next()
+        await stop(task)
+    assert sim.counters.requests["health_service"] == 1
+    assert health(recovered, "svc-00003") == ["passing"]
+
+
+async def test_a_node_check_fetches_every_service_on_that_node(sim: ConsulSimulator) -> None:
+    sim.generate(services=40, instances=2, nodes=8)
+    recorder = Recorder()
+    async with client_for(sim) as client:
+        task = await settled_polling(sim, client, recorder)
+        on_node = services_on(recorder.snapshots[-1], "node-002")
+        sim.register(
+            {
+                "Node": "node-002",
+                "Address": "10.0.0.3",
+                "Check": {"CheckID": "serfHealth", "Name": "Serf", "Status": "critical"},
+            }
+        )
+        flipped = await recorder.next()
+        await stop(task)
+    assert sim.counters.requests["health_service"] == len(on_node) == 10
+    for name, group in flipped.groups.items():
+        for target in group:
+            labels = target.label_dict()
+            on = labels["__meta_consul_node"] == "node-002"
+            assert labels["__meta_consul_health"] == ("critical" if on else "passing"), name
+
+
+async def test_a_node_change_fetches_only_the_services_on_that_node(sim: ConsulSimulator) -> None:
+    sim.generate(services=40, instances=2, nodes=8)
+    recorder = Recorder()
+    async with client_for(sim) as client:
+        task = await settled_polling(sim, client, recorder)
+        on_node = services_on(recorder.snapshots[-1], "node-005")
+        sim.register(
+            {
+                "Node": "node-005",
+                "Address": "10.9.9.9",
+                "NodeMeta": {"rack": "r9"},
+                "TaggedAddresses": {"lan": "10.9.9.9"},
+            }
+        )
+        moved = await recorder.next()
+        await stop(task)
+    assert sim.counters.requests["health_service"] == len(on_node) == 10
+    for name in on_node:
+        for target in moved.groups[name]:
+            if target.label_dict()["__meta_consul_node"] == "node-005":
+                assert target.label_dict()["__meta_consul_metadata_rack"] == "r9"
+
+
+async def test_a_node_change_finds_an_instance_a_filter_hid_before(sim: ConsulSimulator) -> None:
+    sim.register(instance("web", "n1"))
+    sim.register({**instance("web", "n2"), "NodeMeta": {"zone": "b"}})
+    recorder = Recorder()
+    async with client_for(sim) as client:
+        task = await settled_polling(sim, client, recorder, health_filter='Node.Meta.zone == "a"')
+        assert "web" not in recorder.snapshots[-1].groups or not ids(recorder.snapshots[-1], "web")
+        sim.register({"Node": "n2", "Address": "10.1.0.2", "NodeMeta": {"zone": "a"}})
+        moved = await recorder.next()
+        await stop(task)
+    assert ids(moved, "web") == ["web-n2"]
+
+
+async def test_a_registration_fetches_every_service(sim: ConsulSimulator) -> None:
+    sim.generate(services=30, instances=1, nodes=3)
+    recorder = Recorder()
+    async with client_for(sim) as client:
+        task = await settled_polling(sim, client, recorder)
+        sim.register(instance("svc-00004", "node-000", sid="svc-00004-extra", port=9))
+        grown = await recorder.next()
+        await stop(task)
+    # Consul has no cheap way to name the service whose instance came: every one is asked.
+    assert sim.counters.requests["health_service"] == 30
+    assert sorted(ids(grown, "svc-00004")) == ["svc-00004-0", "svc-00004-extra"]
+
+
+async def test_a_health_filter_on_checks_fetches_every_service_when_checks_move(
+    sim: ConsulSimulator,
+) -> None:
+    sim.generate(services=30, instances=1, nodes=3)
+    recorder = Recorder()
+    async with client_for(sim) as client:
+        task = await settled_polling(
+            sim, client, recorder, health_filter='Checks.Name != "retired"'
+        )
+        sim.register(
+            {
+                "Node": "node-001",
+                "Address": "10.0.0.2",
+                "Check": {"CheckID": "extra", "Name": "retired", "Status": "passing"},
+            }
+        )
+        await recorder.next()
+        await stop(task)
+    assert sim.counters.requests["health_service"] == 30
+
+
+async def test_a_flap_inside_a_fetch_is_fetched_again_on_the_next_cycle(
+    sim: ConsulSimulator,
+) -> None:
+    # Critical after the gate was read but before the fetch answered, passing again before the
+    # next gate: both gates show the same unhealthy set, yet the targets saw "critical".
+    sim.generate(services=3, instances=1, nodes=1)
+    sim.faults.latency = 1.0  # list 0-1 s, gate 1-3 s, fetch 3-4 s
+    recorder = Recorder()
+    check = {"node": "node-000", "check_id": "service:svc-00001-0"}
+    async with client_for(sim) as client:
+        query = DiscoveryQuery(mode="Polling", refresh_interval=10, datacenter="dc1")
+        task = await running(run_discovery(query=query, client=client, publish=recorder.publish))
+        await asyncio.sleep(3.5)
+        sim.set_check_status(**check, status="critical")
+        assert health(await recorder.next(), "svc-00001") == ["critical"]
+        sim.set_check_status(**check, status="passing")
+        again = await recorder.next()
+        await stop(task)
+    assert health(again, "svc-00001") == ["passing"]
+
+
 # -------------------------------------------------------------------- failures and odd answers
 
 
