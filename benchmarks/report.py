@@ -87,7 +87,7 @@ def _n(value: Any, spec: str = ".1f") -> str:
     return "—" if value is None else format(value, spec)
 
 
-def _latency(row: Row, name: str, timeout: float) -> str:
+def _latency(row: Row, *, name: str, timeout: float) -> str:
     value = row.get(name)
     runs = row["runs"]
     seen = row.get(f"{name}_seen", 0)
@@ -192,8 +192,8 @@ def side_by_side(rows: Sequence[Row], *, timeout: float) -> list[str]:
         [
             [
                 r["label"],
-                _latency(r, "add_latency_s", timeout),
-                _latency(r, "del_latency_s", timeout),
+                _latency(r, name="add_latency_s", timeout=timeout),
+                _latency(r, name="del_latency_s", timeout=timeout),
                 _n(r["window_s"], ".0f"),
                 _errors(r["errors"]),
                 _n(r["rpc_failures"], ".0f"),
@@ -212,6 +212,15 @@ def _incomplete(row: Row) -> str:
     targets = row.get("targets_at_end")
     expected = row.get("expected_targets")
     return f" ({seen}/{row['runs']} complete; {_n(targets, '.0f')}/{_n(expected, '.0f')} targets)"
+
+
+def _above_idle(row: Row, *, base: Row, reference: Row | None) -> tuple[float | None, float | None]:
+    """Consul CPU/min of ``row`` and of ``base`` above the agent's own: the reference row runs
+    no Consul client at all, so its Consul CPU is the agent's idle (plus the scenario's writes)."""
+    idle = None if reference is None else reference["consul_cpu_per_min"]
+    if idle is None or row["consul_cpu_per_min"] is None or base["consul_cpu_per_min"] is None:
+        return None, None
+    return row["consul_cpu_per_min"] - idle, base["consul_cpu_per_min"] - idle
 
 
 def ratios(rows: Sequence[Row]) -> list[str]:
@@ -241,6 +250,7 @@ def ratios(rows: Sequence[Row]) -> list[str]:
                 _ratio(r["rss_steady_mib"], attributable),
                 _ratio(r["cpu_per_min"], base["cpu_per_min"]),
                 _ratio(r["consul_cpu_per_min"], base["consul_cpu_per_min"]),
+                _ratio(*_above_idle(r, base=base, reference=reference)),
                 _ratio(r["consul_cpu_startup_s"], base["consul_cpu_startup_s"]),
                 _ratio(r["consul_requests_per_min"], base["consul_requests_per_min"]),
                 _ratio(r["first_complete_s"], base["first_complete_s"]),
@@ -254,6 +264,7 @@ def ratios(rows: Sequence[Row]) -> list[str]:
             "RSS vs consul_sd's share",
             "CPU/min",
             "Consul CPU/min",
+            "Consul CPU/min above idle",
             "Consul CPU to first set",
             "Consul req/min",
             "first complete set",
@@ -303,6 +314,15 @@ def targets(rows: Sequence[Row], *, services: int) -> list[str]:
                     share < 0.25,
                 )
             )
+            ours, theirs = _above_idle(r, base=base, reference=reference)
+            if ours is not None and theirs and theirs > 0:
+                checks.append(
+                    (
+                        f"{r['label']}: the same above the agent's idle (the file_sd row)",
+                        f"{ours:.2f} vs {theirs:.2f} s/min = {ours / theirs:.0%}",
+                        ours / theirs < 0.25,
+                    )
+                )
         first = r["first_complete_s"]
         checks.append(
             (
@@ -414,6 +434,17 @@ def render(data: dict[str, Any], *, directory: Path, stem: str) -> str:
         f"{data.get('load_end', [0])[0]:.2f}; per scenario in the JSON (`load_before`).",
         "",
     ]
+    if args.get("no_probe"):
+        out += [
+            "No change probe: "
+            + (
+                f"a fleet check flipped every {args['flap']:.0f} s of the window (critical, then"
+                " passing again), in every scenario, the file_sd reference included."
+                if args.get("flap")
+                else "nothing changed in the window (a quiet fleet)."
+            ),
+            "",
+        ]
     anchor_rows = sorted(
         (r for (lim, n, _), r in medians.items() if lim == limit and n == anchor),
         key=lambda r: _order(r["system"]),
@@ -467,8 +498,8 @@ def render(data: dict[str, Any], *, directory: Path, stem: str) -> str:
                 _field("consul_requests_per_min", ".0f"),
             ),
             ("First complete target set, s", lambda r: _n(r["first_complete_s"]) + _incomplete(r)),
-            ("Add seen after, s", lambda r: _latency(r, "add_latency_s", timeout)),
-            ("Delete seen after, s", lambda r: _latency(r, "del_latency_s", timeout)),
+            ("Add seen after, s", lambda r: _latency(r, name="add_latency_s", timeout=timeout)),
+            ("Delete seen after, s", lambda r: _latency(r, name="del_latency_s", timeout=timeout)),
             ("Discoverer WARN/ERROR lines", lambda r: _errors(r["errors"])),
         ]
         for title, fmt in curves:

@@ -143,15 +143,7 @@ def up() -> int:
     plane = components.ControlPlane.attach(LOCAL / "cluster")
     assert plane is not None, "the control plane is not running"
     crd = yaml.safe_load((ROOT / "deploy/crds/consul-sd.io_consuldiscoveries.yaml").read_text())
-    base = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
-    answer = plane.request(
-        "PATCH",
-        f"{base}/{crd['metadata']['name']}?fieldManager=demo&force=true",
-        body=json.dumps(crd),
-        content_type="application/apply-patch+yaml",
-    )
-    assert answer.status in (200, 201), answer.text
-    wait(lambda: _established(plane, crd["metadata"]["name"]), "the CRD")
+    components.apply_crds(plane, [crd], field_manager="demo")
     plane.request("POST", "/api/v1/namespaces", body={"metadata": {"name": "demo"}})
     print("== consul-sd operator (log: .local/demo/operator.log)")
     run_operator(kubeconfig)
@@ -192,16 +184,6 @@ def up() -> int:
     )
     print("stop everything with: make demo-down")
     return 0
-
-
-def _established(plane: components.ControlPlane, name: str) -> bool:
-    status = plane.request(
-        "GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}"
-    ).json()
-    return any(
-        c["type"] == "Established" and c["status"] == "True"
-        for c in (status.get("status") or {}).get("conditions") or []
-    )
 
 
 def _ready(plane: components.ControlPlane) -> dict[str, Any] | None:

@@ -538,8 +538,10 @@ async def poll_services(
             )
         )
         del results, unchanged
-        if len(fetched) == len(names):
-            release_free_memory()
+        # After every cycle that fetched, not only full ones: each publication renders the whole
+        # output (13 MiB at 7000 services), and untrimmed that heap stays resident (+28 MiB
+        # steady RSS measured with a check flipping every 10 s).
+        release_free_memory()
         await asyncio.sleep(max(0.0, started + query.refresh_interval - loop.time()))
 
 

@@ -24,7 +24,7 @@ from consul_sd.outputs import config_map_shards
 from consul_sd.spec import parse_spec
 from consul_sd.targets import Target
 from tests.e2e.operator_harness import CRD_FILE, eventually
-from tests.support.components import ControlPlane, Prometheus
+from tests.support.components import ControlPlane, Prometheus, apply_crds
 
 pytestmark = pytest.mark.e2e
 
@@ -51,23 +51,7 @@ def example_documents() -> list[dict[str, Any]]:
 
 
 def install_crd(control_plane: ControlPlane) -> None:
-    document = yaml.safe_load(CRD_FILE.read_text())
-    name = document["metadata"]["name"]
-    base = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
-    answer = control_plane.request(
-        "PATCH",
-        f"{base}/{name}?fieldManager=e2e-examples&force=true",
-        body=json.dumps(document),
-        content_type="application/apply-patch+yaml",
-    )
-    assert answer.status in (200, 201), answer.text
-
-    def established() -> bool:
-        found = control_plane.request("GET", f"{base}/{name}").json()
-        conditions = (found.get("status") or {}).get("conditions") or []
-        return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
-
-    eventually(established, what="the ConsulDiscovery CRD")
+    apply_crds(control_plane, [yaml.safe_load(CRD_FILE.read_text())], field_manager="e2e-examples")
 
 
 def test_the_apiserver_accepts_every_example_object(

@@ -27,7 +27,7 @@ from tests.e2e.operator_harness import (
     eventually,
     sample_cr,
 )
-from tests.support.components import ControlPlane
+from tests.support.components import ControlPlane, apply_crds
 
 pytestmark = pytest.mark.e2e
 MIB = 1024 * 1024
@@ -35,24 +35,7 @@ MIB = 1024 * 1024
 
 @pytest.fixture(scope="module")
 def consul_sd_crd(control_plane: ControlPlane) -> None:
-    document = yaml.safe_load(CRD_FILE.read_text())
-    base = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
-    answer = control_plane.request(
-        "PATCH",
-        f"{base}/{document['metadata']['name']}?fieldManager=e2e&force=true",
-        body=json.dumps(document),
-        content_type="application/apply-patch+yaml",
-    )
-    assert answer.status in (200, 201), answer.text
-
-    def established() -> bool:
-        status = control_plane.request("GET", f"{base}/{document['metadata']['name']}").json()
-        return any(
-            c["type"] == "Established" and c["status"] == "True"
-            for c in (status.get("status") or {}).get("conditions") or []
-        )
-
-    eventually(established, what="the ConsulDiscovery CRD")
+    apply_crds(control_plane, [yaml.safe_load(CRD_FILE.read_text())], field_manager="e2e")
 
 
 @pytest.fixture(scope="module")

@@ -39,7 +39,7 @@ from tests.e2e.operator_harness import (
     condition,
     eventually,
 )
-from tests.support.components import ControlPlane, free_port
+from tests.support.components import ControlPlane, apply_crds, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -165,16 +165,7 @@ def forbidden_lines(log: str) -> list[str]:
 def chart_crd(control_plane: ControlPlane, monitoring_crds: list[str]) -> None:
     """The chart's CRD, applied as admin and Established; prometheus-operator's CRDs too."""
     crd = next(item for item in manifests() if item["kind"] == "CustomResourceDefinition")
-    apply(control_plane, crd)
-
-    def established() -> bool:
-        found = control_plane.request("GET", object_path(crd)).json()
-        return any(
-            c["type"] == "Established" and c["status"] == "True"
-            for c in (found.get("status") or {}).get("conditions") or []
-        )
-
-    eventually(established, what="the ConsulDiscovery CRD")
+    apply_crds(control_plane, [crd], field_manager="e2e-rbac")
 
 
 @pytest.fixture(scope="module")

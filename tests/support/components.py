@@ -7,7 +7,7 @@ its Go module by ``hack/bins/build.sh`` (cached outside the repo):
 - ``ConsulAgent``: a Consul dev agent, optionally with ACLs (default deny) and a connection cap;
 - ``Prometheus``: Prometheus v3 built with consul_sd, file_sd and http_sd only;
 - ``PrometheusOperator``: prometheus-operator running out of cluster against a ``ControlPlane``,
-  plus ``install_crds`` for its CRDs.
+  plus ``install_crds`` for its CRDs (``apply_crds`` for any CRD).
 
 Every process binds 127.0.0.1 only, runs in its own process group, and writes its stdout and
 stderr to ``<name>.log`` in its work directory; a failed start raises ``ComponentError`` whose
@@ -870,27 +870,22 @@ def crd_documents() -> list[dict[str, Any]]:
     return [doc for doc in yaml.load_all(out.stdout, Loader=_Yaml12Loader) if doc]
 
 
-def install_crds(
+def apply_crds(
     control_plane: ControlPlane,
+    documents: Iterable[Mapping[str, Any]],
     *,
-    names: Iterable[str] | None = None,
+    field_manager: str = "consul-sd-e2e",
     timeout: float = 60.0,
 ) -> list[str]:
-    """Server-side apply prometheus-operator's CRDs; return their names once all are Established.
-
-    ``names`` (e.g. ``["scrapeconfigs.monitoring.coreos.com"]``) limits the set; default all.
-    """
-    wanted = set(names) if names is not None else None
-    documents = [d for d in crd_documents() if wanted is None or d["metadata"]["name"] in wanted]
-    found = {d["metadata"]["name"] for d in documents}
-    if wanted is not None and wanted - found:
-        raise ComponentError(f"prometheus-operator ships no CRD named {sorted(wanted - found)}")
+    """Server-side apply CRD ``documents``; return their names once all are Established."""
     base = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+    names = []
     for document in documents:
         name = document["metadata"]["name"]
+        names.append(name)
         answer = control_plane.request(
             "PATCH",
-            f"{base}/{name}?fieldManager=consul-sd-e2e&force=true",
+            f"{base}/{name}?fieldManager={field_manager}&force=true",
             body=json.dumps(document),
             content_type="application/apply-patch+yaml",
         )
@@ -899,17 +894,35 @@ def install_crds(
 
     def established(name: str) -> bool:
         answer = control_plane.request("GET", f"{base}/{name}")
-        conditions = answer.json().get("status", {}).get("conditions") or []
+        conditions = (answer.json().get("status") or {}).get("conditions") or []
         return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
 
-    for name in sorted(found):
+    for name in sorted(names):
         _wait_until(
             functools.partial(established, name),
             what=f"CRD {name} to be Established",
             timeout=timeout,
             watch=control_plane._processes,
         )
-    return sorted(found)
+    return sorted(names)
+
+
+def install_crds(
+    control_plane: ControlPlane,
+    *,
+    names: Iterable[str] | None = None,
+    timeout: float = 60.0,
+) -> list[str]:
+    """Apply prometheus-operator's CRDs; return their names once all are Established.
+
+    ``names`` (e.g. ``["scrapeconfigs.monitoring.coreos.com"]``) limits the set; default all.
+    """
+    wanted = set(names) if names is not None else None
+    documents = [d for d in crd_documents() if wanted is None or d["metadata"]["name"] in wanted]
+    found = {d["metadata"]["name"] for d in documents}
+    if wanted is not None and wanted - found:
+        raise ComponentError(f"prometheus-operator ships no CRD named {sorted(wanted - found)}")
+    return apply_crds(control_plane, documents, timeout=timeout)
 
 
 class PrometheusOperator(_Component):
@@ -1131,6 +1144,7 @@ __all__ = [
     "Prometheus",
     "PrometheusOperator",
     "TokenSpec",
+    "apply_crds",
     "binary",
     "crd_documents",
     "free_port",
