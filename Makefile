@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: venv lint test test-unit generate bins cluster cluster-down demo demo-down bench bench-field-report bench-discover-once clean
+.PHONY: venv lint test test-unit generate bins cluster cluster-down demo demo-down bench bench-field-report bench-discover-once bench-churn clean
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -56,6 +56,13 @@ bench-field-report: venv
 
 bench-discover-once: venv
 	$(BIN)/python -m benchmarks.discover_once $(ONCE_ARGS)
+
+# Health churn at 7000 services (a check flips every 10 s), 3 runs, 270 s windows (~70 minutes):
+# the steady cost to Consul once the change gate narrows a moved checks index.
+bench-churn: venv
+	$(BIN)/python -m benchmarks.field_report --services 7000 --anchor-runs 3 \
+		--systems prometheus,blocking,polling-100,prometheus-file --window 270 \
+		--blocking-window 270 --no-probe --flap 10 $(BENCH_ARGS)
 
 demo: venv
 	hack/demo.sh up
