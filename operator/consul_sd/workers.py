@@ -379,7 +379,7 @@ async def changed_services(
       no per-service index short of asking each service;
     - checks moved: the services of checks that entered, left or changed the unhealthy set, and
       for a node's own checks every service on that node; any service when ``healthFilter``
-      reads checks (a passing check can change what it keeps);
+      reads checks (a passing check can change what it keeps) or a namespace is set;
     - nodes moved: every service on a node whose ModifyIndex is past the previous gate (a node
       removed takes its services with it and moves the services index).
 
@@ -392,7 +392,12 @@ async def changed_services(
     changed: set[str] = set()
     nodes: set[str] = set()
     if now.checks != before.checks:
-        if "checks" in query.health_filter.lower():
+        if "checks" in query.health_filter.lower() or client.endpoint.namespace not in (
+            "",
+            "default",
+        ):
+            # In an Enterprise namespace the gate sees that namespace's checks only, while a
+            # node's own checks (which live in the default one) count in every service's health.
             return None
         for check in before.unhealthy ^ now.unhealthy:
             if check.service_name:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -18,8 +19,10 @@ from consul_sd.render import render_file_sd
 from consul_sd.simulator import ConsulSimulator
 from consul_sd.spec import Mode
 from consul_sd.workers import (
+    ChangeGate,
     DiscoveryQuery,
     Snapshot,
+    changed_services,
     choose_mode,
     discover_once,
     is_publishable,
@@ -624,6 +627,18 @@ async def test_a_health_filter_on_checks_fetches_every_service_when_checks_move(
         await recorder.next()
         await stop(task)
     assert sim.counters.requests["health_service"] == 30
+
+
+async def test_a_namespace_never_narrows_a_moved_checks_index() -> None:
+    # Node checks live in the default namespace: a gate asked in another cannot see them.
+    before = ChangeGate(services=5, checks=5, nodes=5, unhealthy=frozenset())
+    now = replace(before, checks=6)
+    endpoint = ConsulEndpoint(server="127.0.0.1:9", namespace="team-a")
+    async with ConsulClient(endpoint=endpoint, max_connections=1) as client:
+        changed = await changed_services(
+            before=before, now=now, query=DiscoveryQuery(datacenter="dc1"), client=client
+        )
+    assert changed is None
 
 
 async def test_a_flap_inside_a_fetch_is_fetched_again_on_the_next_cycle(
