@@ -482,27 +482,14 @@ async def poll_services(
             narrowed = await changed_services(
                 before=settled.gate, now=gate, query=query, client=client
             )
-            if narrowed is not None:
-                narrowed |= settled.unsettled
-                if not narrowed.intersection(names):
-                    settled = replace(settled, gate=gate)
-                    await publish(
-                        _polled(
-                            client=client,
-                            started=started,
-                            groups=known,
-                            complete=True,
-                            matched=len(names),
-                            failed=settled.failed,
-                        )
-                    )
-                    await asyncio.sleep(max(0.0, started + query.refresh_interval - loop.time()))
-                    continue
         if narrowed is None or settled is None:
             fetched = names
             failed: dict[str, ConsulError] = {}
             fresh: dict[str, TargetGroup] = {}
         else:
+            # Nothing to fetch (a quiet fleet) goes through here too: an empty fetch republishes
+            # what is known and settles on the new gate.
+            narrowed |= settled.unsettled
             fetched = [name for name in names if name in narrowed]
             failed = {name: e for name, e in settled.failed.items() if name not in narrowed}
             fresh = {name: known[name] for name in names if name in known}
@@ -543,10 +530,8 @@ async def poll_services(
             )
         )
         del results, unchanged
-        # After every cycle that fetched, not only full ones: each publication renders the whole
-        # output (13 MiB at 7000 services), and untrimmed that heap stays resident (+28 MiB
-        # steady RSS measured with a check flipping every 10 s).
-        release_free_memory()
+        if fetched:
+            release_free_memory()
         await asyncio.sleep(max(0.0, started + query.refresh_interval - loop.time()))
 
 
