@@ -149,14 +149,8 @@ def up() -> int:
     run_operator(kubeconfig)
     sample = yaml.safe_load((ROOT / "deploy/samples/demo.yaml").read_text())
     sample["spec"]["consul"]["server"] = consul_address
-    path = "/apis/consul-sd.io/v1alpha1/namespaces/demo/consuldiscoveries"
-    answer = plane.request(
-        "PATCH",
-        f"{path}/demo?fieldManager=demo&force=true",
-        body=json.dumps(sample),
-        content_type="application/apply-patch+yaml",
-    )
-    assert answer.status in (200, 201), answer.text
+    path = "/apis/consul-sd.io/v1alpha1/namespaces/demo/consuldiscoveries/demo"
+    plane.apply(path, sample, field_manager="demo")
     print("== applied deploy/samples/demo.yaml; waiting for Ready")
     cr = wait(lambda: _ready(plane), "ConsulDiscovery demo/demo to be Ready", timeout=120)
     maps = plane.request(

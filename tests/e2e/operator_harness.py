@@ -48,7 +48,16 @@ def eventually(check: Callable[[], _T], *, timeout: float = 60, what: str = "con
 class Simulator:
     """``consul-sd simulate`` in its own process."""
 
-    def __init__(self, workdir: Path, *, services: int, instances: int, nodes: int = 10) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        services: int,
+        instances: int,
+        nodes: int = 10,
+        acl_token: str | None = None,
+    ) -> None:
+        """``acl_token``: Consul ACLs on, default deny, this one token allowed."""
         self.port = free_port()
         self.log = (workdir / f"simulator-{self.port}.log").open("wb")
         self.process = subprocess.Popen(
@@ -63,6 +72,7 @@ class Simulator:
                 str(instances),
                 "--nodes",
                 str(nodes),
+                *(("--acl-token", acl_token) if acl_token else ()),
                 "--no-jitter",
             ],
             env=ENV,

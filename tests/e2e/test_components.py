@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import gzip
 import subprocess
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +16,7 @@ import kubernetes
 import pytest
 import yaml
 
+from tests.e2e.operator_harness import eventually
 from tests.support.components import (
     ComponentError,
     ConsulAgent,
@@ -27,18 +27,6 @@ from tests.support.components import (
 )
 
 pytestmark = pytest.mark.e2e
-
-
-def wait_for(check: Callable[[], Any], *, what: str, timeout: float = 30.0) -> Any:
-    """Poll ``check`` every 0.2 s until it returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.2)
 
 
 def unique(prefix: str) -> str:
@@ -195,7 +183,9 @@ def test_prometheus_discovers_consul_services(
             if t["discoveredLabels"].get("__meta_consul_service") == service
         ]
 
-    targets = wait_for(discovered, what=f"a Prometheus target for Consul service {service}")
+    targets = eventually(
+        discovered, timeout=30, what=f"a Prometheus target for Consul service {service}"
+    )
     labels = targets[0]["discoveredLabels"]
     assert labels["__address__"] == "127.0.0.1:9200"
     assert labels["__meta_consul_node"] == "ext-node-1"
@@ -208,7 +198,9 @@ def test_prometheus_discovers_consul_services(
     # reload() applies a rewritten config; a broken one is refused with Prometheus' message.
     prometheus.write_config({**config, "scrape_configs": []})
     prometheus.reload()
-    wait_for(lambda: not discovered(), what="the consul job's targets to go after a reload")
+    eventually(
+        lambda: not discovered(), timeout=30, what="the consul job's targets to go after a reload"
+    )
     prometheus.write_config("scrape_configs: [{job_name: x, consul_sd_configs: [{bogus: 1}]}]")
     with pytest.raises(ComponentError, match="bogus"):
         prometheus.reload()
@@ -262,9 +254,10 @@ def test_prometheus_operator_renders_scrapeconfigs(
         text = gzip.decompress(base64.b64decode(data["prometheus.yaml.gz"])).decode()
         return text if "10.0.0.7:9100" in text else None
 
-    text = wait_for(
+    text = eventually(
         rendered, what="prometheus-operator to write Secret prometheus-main", timeout=60
     )
+    assert text is not None  # eventually returns only a truthy answer
     jobs = {job["job_name"]: job for job in yaml.safe_load(text)["scrape_configs"]}
     assert jobs[f"scrapeConfig/{namespace}/consul-web"]["static_configs"] == [
         {"targets": ["10.0.0.7:9100"], "labels": {"team": "sre"}}

@@ -14,9 +14,7 @@ module's leftovers may exist (the operator here only needs to cope with them, no
 
 from __future__ import annotations
 
-import json
 import re
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,8 +26,6 @@ from kubernetes import client as k8s
 from tests.chart.rendering import RELEASE, RELEASE_NAMESPACE, manifests
 from tests.e2e.conftest import OPERATOR_NAMESPACE, OPERATOR_SERVICE_ACCOUNT, OPERATOR_TOKEN
 from tests.e2e.operator_harness import (
-    CLI,
-    ENV,
     GROUP,
     PLURAL,
     VERSION,
@@ -39,7 +35,7 @@ from tests.e2e.operator_harness import (
     condition,
     eventually,
 )
-from tests.support.components import ControlPlane, apply_crds, free_port
+from tests.support.components import ControlPlane, apply_crds
 
 pytestmark = pytest.mark.e2e
 
@@ -71,13 +67,7 @@ def object_path(document: dict[str, Any]) -> str:
 
 def apply(control_plane: ControlPlane, document: dict[str, Any]) -> None:
     """Server-side apply as admin (field manager consul-sd-e2e-rbac)."""
-    answer = control_plane.request(
-        "PATCH",
-        object_path(document) + "?fieldManager=consul-sd-e2e-rbac&force=true",
-        body=json.dumps(document),
-        content_type="application/apply-patch+yaml",
-    )
-    assert answer.status in (200, 201), answer.text
+    control_plane.apply(object_path(document), document, field_manager="consul-sd-e2e-rbac")
 
 
 def delete(control_plane: ControlPlane, document: dict[str, Any]) -> None:
@@ -110,35 +100,6 @@ def access(control_plane: ControlPlane, attributes: dict[str, Any]) -> bool:
     )
     assert answer.status == 201, answer.text
     return bool(answer.json()["status"].get("allowed"))
-
-
-class AclSimulator(Simulator):
-    """The harness's simulator with Consul ACLs on (default deny, one token)."""
-
-    def __init__(self, workdir: Path, *, token: str) -> None:
-        self.port = free_port()
-        self.log = (workdir / f"simulator-{self.port}.log").open("wb")
-        self.process = subprocess.Popen(
-            [
-                *CLI,
-                "simulate",
-                "--port",
-                str(self.port),
-                "--services",
-                "6",
-                "--instances",
-                "2",
-                "--nodes",
-                "3",
-                "--acl-token",
-                token,
-                "--no-jitter",
-            ],
-            env=ENV,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        eventually(lambda: self.get("/v1/status/leader"), timeout=120, what="the simulator")
 
 
 class RestrictedOperator(Operator):
@@ -175,8 +136,8 @@ def api(control_plane: ControlPlane) -> k8s.ApiClient:
 
 
 @pytest.fixture
-def simulator(tmp_path: Path) -> Iterator[AclSimulator]:
-    sim = AclSimulator(tmp_path, token=ACL_TOKEN)
+def simulator(tmp_path: Path) -> Iterator[Simulator]:
+    sim = Simulator(tmp_path, services=6, instances=2, nodes=3, acl_token=ACL_TOKEN)
     yield sim
     sim.stop()
 
@@ -286,7 +247,7 @@ def test_the_namespaced_roles_let_the_operator_do_everything_in_its_namespaces_o
     control_plane: ControlPlane,
     chart_crd: None,
     api: k8s.ApiClient,
-    simulator: AclSimulator,
+    simulator: Simulator,
     tmp_path: Path,
 ) -> None:
     watched, other = f"rbac-ns-{uuid.uuid4().hex[:6]}", f"rbac-other-{uuid.uuid4().hex[:6]}"
@@ -333,7 +294,7 @@ def test_the_cluster_role_lets_the_operator_do_everything_with_no_403(
     control_plane: ControlPlane,
     chart_crd: None,
     api: k8s.ApiClient,
-    simulator: AclSimulator,
+    simulator: Simulator,
     tmp_path: Path,
 ) -> None:
     namespace = f"rbac-{uuid.uuid4().hex[:6]}"

@@ -50,6 +50,26 @@ from tests.support.components import ConsulAgent, HttpResponse, Prometheus, http
 REPO = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "consul_sd.cli"]
 CLI_ENV = {**os.environ, "PYTHONPATH": str(REPO / "operator")}
+MODES = ("polling", "blocking", "auto")
+
+
+def discover_argv(server: str, *args: str, mode: str) -> list[str]:
+    """``consul-sd discover`` against ``server`` in ``mode``, at the oracle's short intervals."""
+    return [
+        *CLI,
+        "discover",
+        "--server",
+        server,
+        "--mode",
+        mode,
+        "--refresh-interval",
+        "1s",
+        "--watch-timeout",
+        "10s",
+        *args,
+    ]
+
+
 # Any scrape that happens (1h interval, random offset) goes to the discard port on loopback.
 SCRAPE_ADDRESS = "127.0.0.1:9"
 _T = TypeVar("_T")
@@ -337,21 +357,7 @@ class Discoverer:
         self.output = output
         self.log_path = workdir / f"consul-sd-{output.stem}.log"
         workdir.mkdir(parents=True, exist_ok=True)
-        argv = [
-            *CLI,
-            "discover",
-            "--server",
-            server,
-            "--mode",
-            mode,
-            "--refresh-interval",
-            "1s",
-            "--watch-timeout",
-            "10s",
-            "--output",
-            str(output),
-            *args,
-        ]
+        argv = discover_argv(server, "--output", str(output), *args, mode=mode)
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 argv,
@@ -394,20 +400,7 @@ def discover_once(
 ) -> subprocess.CompletedProcess[str]:
     """``consul-sd discover --once`` to stdout; the completed process (not checked)."""
     return subprocess.run(
-        [
-            *CLI,
-            "discover",
-            "--server",
-            server,
-            "--once",
-            "--mode",
-            mode,
-            "--refresh-interval",
-            "1s",
-            "--watch-timeout",
-            "10s",
-            *args,
-        ],
+        discover_argv(server, "--once", *args, mode=mode),
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -420,22 +413,7 @@ def discover_once(
 def start_once(server: str, output: Path, *args: str, mode: str) -> subprocess.Popen[str]:
     """``consul-sd discover --once --output FILE`` started in the background."""
     return subprocess.Popen(
-        [
-            *CLI,
-            "discover",
-            "--server",
-            server,
-            "--once",
-            "--mode",
-            mode,
-            "--output",
-            str(output),
-            "--refresh-interval",
-            "1s",
-            "--watch-timeout",
-            "10s",
-            *args,
-        ],
+        discover_argv(server, "--once", "--output", str(output), *args, mode=mode),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

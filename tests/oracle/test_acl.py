@@ -22,6 +22,7 @@ from consul_sd.workers import DiscoveryQuery
 from tests.oracle.conftest import FLEET_TARGETS, register_fleet
 from tests.oracle.harness import (
     MASTER,
+    MODES,
     consul_job,
     count_is,
     create_read_token,
@@ -39,7 +40,6 @@ from tests.support.components import ConsulAgent, Prometheus
 pytestmark = pytest.mark.e2e
 
 WRONG = "00000000-aaaa-bbbb-cccc-000000000000"
-MODES = ("polling", "blocking", "auto")
 
 
 @pytest.fixture

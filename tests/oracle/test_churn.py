@@ -22,6 +22,7 @@ import pytest
 from tests.oracle import fleet
 from tests.oracle.conftest import FLEET_TARGETS
 from tests.oracle.harness import (
+    MODES,
     ConfigMapMirror,
     ConfigMapVolume,
     Discoverer,
@@ -37,7 +38,6 @@ from tests.support.components import ConsulAgent, Prometheus
 
 pytestmark = pytest.mark.e2e
 
-MODES = ("polling", "blocking", "auto")
 # Seconds from the write to the output file showing it. Blocking: the answer of the parked
 # query, plus the 1s publication coalescing; Polling: up to one 1s interval plus a cycle. Both
 # with margin for a loaded 2-core machine.

@@ -22,6 +22,7 @@ from consul_sd.workers import DiscoveryQuery, Snapshot, discover_once
 from tests.oracle.conftest import FLEET_TARGETS
 from tests.oracle.fleet import EXPECTED_COUNTS, SELECTORS
 from tests.oracle.harness import (
+    MODES,
     ConfigMapVolume,
     Discoverer,
     TargetSet,
@@ -36,8 +37,6 @@ from tests.oracle.harness import (
 from tests.support.components import ConsulAgent, Prometheus
 
 pytestmark = pytest.mark.e2e
-
-MODES = ("polling", "blocking", "auto")
 
 
 def snapshot_of(agent: ConsulAgent, **query: Any) -> Snapshot:

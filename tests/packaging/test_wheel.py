@@ -21,6 +21,7 @@ import subprocess
 import sys
 import sysconfig
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -67,10 +68,15 @@ def run(command: str, *, cwd: Path, replacements: dict[str, str]) -> str:
     for placeholder, value in replacements.items():
         command = command.replace(placeholder, value)
     argv = [sys.executable if part == "python" else part for part in _split(command)]
+    return run_argv(argv, cwd=cwd)
+
+
+def run_argv(argv: Sequence[str | Path], *, cwd: Path) -> str:
+    """Run outside the sources (clean environment); its stdout, once it exited 0."""
     done = subprocess.run(
         argv, cwd=cwd, env=clean_env(), capture_output=True, text=True, timeout=300, check=False
     )
-    assert done.returncode == 0, f"{command}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    assert done.returncode == 0, f"{argv}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done.stdout
 
 
@@ -140,38 +146,16 @@ def test_the_wheel_installs_into_a_fresh_venv_and_the_entry_point_runs(tmp_path:
     run(INSTALL, cwd=tmp_path, replacements=paths)
 
     program = venv / "bin" / "consul-sd"
-    version = subprocess.run(
-        [program, "--version"],
-        cwd=tmp_path,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert version.returncode == 0, version.stderr
-    assert version.stdout.strip() == f"consul-sd {__version__}"
-    help_text = subprocess.run(
-        [program, "operator", "--help"],
-        cwd=tmp_path,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert help_text.returncode == 0, help_text.stderr
+    version = run_argv([program, "--version"], cwd=tmp_path)
+    assert version.strip() == f"consul-sd {__version__}"
+    help_text = run_argv([program, "operator", "--help"], cwd=tmp_path)
     for flag in ("--standalone", "--all-namespaces", "--liveness-port", "--metrics-port"):
-        assert flag in help_text.stdout
+        assert flag in help_text
     python = venv / "bin" / "python"
-    where = subprocess.run(
-        [python, "-c", "import consul_sd, kopf; print(consul_sd.__file__)"],
-        cwd=tmp_path,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        check=False,
+    where = run_argv(
+        [python, "-c", "import consul_sd, kopf; print(consul_sd.__file__)"], cwd=tmp_path
     )
-    assert where.returncode == 0, where.stderr
-    assert where.stdout.strip().startswith(str(venv)), "imported the sources, not the venv"
+    assert where.strip().startswith(str(venv)), "imported the sources, not the venv"
     listed = run(
         "python -m pip --python /opt/venv/bin/python list --format=json",
         cwd=tmp_path,

@@ -615,6 +615,17 @@ class ControlPlane(_Component):
             timeout=timeout,
         )
 
+    def apply(self, path: str, document: Mapping[str, Any], *, field_manager: str) -> None:
+        """Server-side apply ``document`` at ``path`` as admin, taking over any conflict."""
+        answer = self.request(
+            "PATCH",
+            f"{path}?fieldManager={field_manager}&force=true",
+            body=json.dumps(document),
+            content_type="application/apply-patch+yaml",
+        )
+        if answer.status not in (200, 201):
+            raise ComponentError(f"applying {path} failed ({answer.status}): {answer.text}")
+
     def __enter__(self) -> ControlPlane:
         return self
 
@@ -883,14 +894,7 @@ def apply_crds(
     for document in documents:
         name = document["metadata"]["name"]
         names.append(name)
-        answer = control_plane.request(
-            "PATCH",
-            f"{base}/{name}?fieldManager={field_manager}&force=true",
-            body=json.dumps(document),
-            content_type="application/apply-patch+yaml",
-        )
-        if answer.status not in (200, 201):
-            raise ComponentError(f"applying CRD {name} failed ({answer.status}): {answer.text}")
+        control_plane.apply(f"{base}/{name}", document, field_manager=field_manager)
 
     def established(name: str) -> bool:
         answer = control_plane.request("GET", f"{base}/{name}")
