@@ -2,8 +2,9 @@
 
 A cold discovery decodes tens of thousands of small JSON objects; CPython frees them, but glibc
 keeps the pages, so the process's RSS stays at its peak (measured: 297 MiB held, 225 MiB after a
-trim, at 7000 services). A trim after each full cycle keeps a long-running worker's RSS near its
-live data. Where glibc's ``malloc_trim`` does not exist (musl, macOS) this does nothing.
+trim, at 7000 services). A trim after each polling cycle that fetched (and each Blocking
+publication) keeps a long-running worker's RSS near its live data. Where glibc's
+``malloc_trim`` does not exist (musl, macOS) this does nothing.
 """
 
 from __future__ import annotations
