@@ -22,8 +22,14 @@ from typing import Any
 import yaml
 
 from consul_sd import __version__
-from consul_sd.consul import ConsulClient, ConsulEndpoint, ConsulError
-from consul_sd.endpoints import Credentials, build_endpoint
+from consul_sd.consul import (
+    ConsulClient,
+    ConsulCredentialError,
+    ConsulEndpoint,
+    ConsulError,
+    validate_token,
+)
+from consul_sd.endpoints import Credentials, build_client, build_endpoint
 from consul_sd.filesd import FileSDWriter, write_atomically
 from consul_sd.render import render_file_sd
 from consul_sd.simulator import cli as simulator_cli
@@ -136,7 +142,15 @@ def add_discover_arguments(parser: argparse.ArgumentParser) -> None:
     engine.add_argument("--max-concurrent", type=int)
     engine.add_argument("--refresh-interval")
     engine.add_argument("--watch-timeout")
-    engine.add_argument("--spec", type=Path, help="a ConsulDiscovery YAML (CR or spec)")
+    engine.add_argument(
+        "--spec",
+        type=Path,
+        help="a ConsulDiscovery YAML (CR or spec); a multi-document file (kubectl style) is "
+        "searched for its ConsulDiscovery",
+    )
+    engine.add_argument(
+        "--name", help="with --spec: the ConsulDiscovery to use when the file holds several"
+    )
 
     out = parser.add_argument_group("output (one of --once, --output, or both)")
     out.add_argument(
@@ -164,18 +178,13 @@ def _key_values(text: str) -> dict[str, str]:
 
 
 def load_spec(args: argparse.Namespace) -> ConsulDiscoverySpec:
-    """The spec from ``--spec`` (a whole CR or its spec) with the flags laid over it."""
+    """The spec from ``--spec`` (a CR, its spec, or the ConsulDiscovery of a multi-document
+    file, ``--name`` choosing among several) with the flags laid over it."""
     data: dict[str, Any] = {}
     if args.spec is not None:
-        try:
-            loaded = yaml.safe_load(args.spec.read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise UsageError(f"--spec {args.spec}: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise UsageError(f"--spec {args.spec}: not a YAML mapping")
-        data = loaded.get("spec", loaded) if "kind" in loaded or "spec" in loaded else loaded
-        if not isinstance(data, dict):
-            raise UsageError(f"--spec {args.spec}: spec is not a mapping")
+        data = _spec_from_file(args.spec, name=args.name)
+    elif args.name is not None:
+        raise UsageError("--name goes with --spec")
     consul = dict(data.get("consul") or {})
     selector = dict(data.get("selector") or {})
     _set_given(
@@ -211,6 +220,42 @@ def load_spec(args: argparse.Namespace) -> ConsulDiscoverySpec:
     return parse_spec(spec)
 
 
+def _spec_from_file(path: Path, *, name: str | None) -> dict[str, Any]:
+    """The spec in ``path``: a bare spec, one CR, or the ConsulDiscovery of a multi-document
+    file (examples/ keep a Secret or a Prometheus beside it); ``name`` picks one of several."""
+    try:
+        documents = [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+    except (OSError, yaml.YAMLError) as exc:
+        raise UsageError(f"--spec {path}: {exc}") from None
+    if not all(isinstance(doc, dict) for doc in documents):
+        raise UsageError(f"--spec {path}: a document is not a YAML mapping")
+    if len(documents) == 1 and "kind" not in documents[0] and name is None:
+        return _spec_of(path, documents[0])
+    found = [doc for doc in documents if doc.get("kind") == "ConsulDiscovery"]
+    names = [str((doc.get("metadata") or {}).get("name", "")) for doc in found]
+    if name is not None:
+        found = [doc for doc, doc_name in zip(found, names, strict=True) if doc_name == name]
+        if not found:
+            raise UsageError(
+                f"--spec {path}: no ConsulDiscovery named {name!r} (found: {names or 'none'})"
+            )
+    if not found:
+        raise UsageError(f"--spec {path}: no ConsulDiscovery in the file")
+    if len(found) > 1:
+        raise UsageError(
+            f"--spec {path}: {len(found)} ConsulDiscovery objects ({', '.join(names)}): "
+            "choose one with --name"
+        )
+    return _spec_of(path, found[0])
+
+
+def _spec_of(path: Path, document: dict[str, Any]) -> dict[str, Any]:
+    data = document.get("spec", document) if "kind" in document or "spec" in document else document
+    if not isinstance(data, dict):
+        raise UsageError(f"--spec {path}: spec is not a mapping")
+    return data
+
+
 def _set_given(target: dict[str, Any], **values: object) -> None:
     """Set each value the command line gave (not None) over what the spec file said."""
     for key, value in values.items():
@@ -238,7 +283,12 @@ def resolve_endpoint(spec: ConsulDiscoverySpec, args: argparse.Namespace) -> Con
         insecure_skip_verify=bool(args.insecure_skip_verify),
         server_name=args.server_name,
     )
-    return build_endpoint(consul, credentials)
+    try:
+        if credentials.token and credentials.token.strip():
+            validate_token(credentials.token)
+        return build_endpoint(consul, credentials)
+    except ConsulCredentialError as exc:
+        raise UsageError(f"{'--token-file' if args.token_file else '--token'}: {exc}") from None
 
 
 def _read(path: Path, flag: str) -> str:
@@ -260,8 +310,7 @@ def run_discover_command(args: argparse.Namespace) -> int:
 
 
 def _client(query: DiscoveryQuery, endpoint: ConsulEndpoint) -> ConsulClient:
-    # The catalog watch holds one connection beside the maxConcurrent service requests.
-    return ConsulClient(endpoint=endpoint, max_connections=query.max_concurrent + 1)
+    return build_client(endpoint, max_concurrent=query.max_concurrent)
 
 
 async def _discover_once(

@@ -4,28 +4,34 @@ One :class:`ConsulClient` per worker owns one aiohttp session whose connector ca
 connections, so a worker can never open more than ``max_connections`` sockets to Consul; an
 adaptive limit below that cap backs off when Consul answers 429 (see ``limiter``). It sends
 the parameters Prometheus's consul_sd sends (dc, ns, partition, stale, node-meta, tag, filter) and
-the token only in the ``X-Consul-Token`` header. Blocking queries follow Consul's client rules:
-the index is reset when it goes backwards and never sent below 1, and the request timeout is sized
-to ``wait + wait/16`` (Consul's jitter) plus a margin. Transient failures (connection errors,
-429, 5xx other than a permanent answer) are retried with exponential backoff and jitter; every
-other failure raises a :class:`ConsulError` whose ``reason`` is a CR status reason.
+the token only in the ``X-Consul-Token`` header, and never follows a redirect, so credentials
+reach no other origin. Credentials are checked before any request (:func:`validate_token`,
+:func:`validate_basic_auth`) with messages that name the field, never the value. Blocking
+queries follow Consul's client rules: the index is reset when it goes backwards and never sent
+below 1, and the request timeout is sized to ``wait + wait/16`` (Consul's jitter) plus a margin.
+Transient failures (connection errors, 429, 5xx other than a permanent answer) are retried with
+exponential backoff and jitter; every other failure raises a :class:`ConsulError` whose
+``reason`` is a CR status reason.
 
-Limits: only the read endpoints discovery needs; answers are parsed strictly into
-:class:`Instance` records, and anything unexpected is a :class:`ConsulBadResponse` naming the
-endpoint and the field, never a crash deeper in the engine.
+Limits: only the read endpoints discovery needs; an answer is read in chunks up to
+:data:`MAX_ANSWER_BYTES` (a server streaming gigabytes costs that much memory at most), then
+parsed strictly into :class:`Instance` records; anything unexpected (too large, not JSON, nested
+too deeply, a wrong shape, an error inside a parser) is a :class:`ConsulBadResponse` naming the
+endpoint, never a crash deeper in the engine.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import random
 import ssl
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 from urllib.parse import quote, urlencode
 
 import aiohttp
@@ -45,6 +51,14 @@ SERVICE_MAINTENANCE_PREFIX: Final = "_service_maintenance:"
 # send the answer after its wait expires.
 _BLOCKING_MARGIN = 10.0
 _RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+# The largest answer read from Consul. 7000 services answer /v1/catalog/services in about 1 MiB
+# and a 1000-instance service /v1/health/service in a few MiB; 64 MiB is far above any real
+# answer, and bounds what a misdirected server (a proxy streaming a file) costs in memory.
+MAX_ANSWER_BYTES: Final = 64 * 1024 * 1024
+# Only the start of an error answer is shown in a message, so only that much is read.
+_ERROR_BODY_BYTES = 4096
+_T = TypeVar("_T")
 
 
 class ConsulError(Exception):
@@ -87,6 +101,54 @@ class ConsulBadRequest(ConsulError):
 
 class ConsulBadResponse(ConsulError):
     reason = "MalformedConsulResponse"
+
+
+class ConsulCredentialError(ValueError):
+    """A token or basic-auth credential that cannot be sent; the message never holds the value."""
+
+
+def validate_token(token: str) -> None:
+    """Check an ACL token before it becomes the ``X-Consul-Token`` header.
+
+    After stripping surrounding whitespace, the token must be non-empty visible ASCII (Consul
+    tokens are UUIDs; a CR/LF would split the header). Positions count from 1 in the value as
+    given, so a user can find the character without the message showing it.
+    """
+    stripped = token.strip()
+    if not stripped:
+        raise ConsulCredentialError("token is empty")
+    offset = len(token) - len(token.lstrip())
+    for i, char in enumerate(stripped):
+        if not "!" <= char <= "~":
+            raise ConsulCredentialError(
+                f"token has a character outside visible ASCII (position {offset + i + 1})"
+            )
+
+
+def validate_basic_auth(username: str, password: str) -> None:
+    """Check basic-auth credentials: Latin-1 without control characters, no ':' in the username.
+
+    HTTP encodes ``username:password`` in Latin-1 (as aiohttp does), so anything else cannot be
+    sent; checking here keeps encoding errors, whose arguments hold both values, from arising.
+    """
+    for field_name, value in (("username", username), ("password", password)):
+        for i, char in enumerate(value):
+            problem = _credential_char_problem(char)
+            if problem is None and field_name == "username" and char == ":":
+                problem = "a ':'"
+            if problem is not None:
+                raise ConsulCredentialError(
+                    f"basic-auth {field_name} has {problem} (position {i + 1})"
+                )
+
+
+def _credential_char_problem(char: str) -> str | None:
+    code = ord(char)
+    if code > 0xFF:
+        return "a character outside Latin-1"
+    if code < 0x20 or 0x7F <= code <= 0x9F:
+        return "a control character"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +247,21 @@ def next_index(*, previous: int, answered: int) -> int:
     return answered
 
 
+def _credential_headers(endpoint: ConsulEndpoint) -> dict[str, str]:
+    """Request headers with the endpoint's credentials, checked (:class:`ConsulCredentialError`)."""
+    headers = {"Accept": "application/json"}
+    if endpoint.token:
+        validate_token(endpoint.token)
+        headers["X-Consul-Token"] = endpoint.token.strip()
+    if endpoint.basic_auth:
+        username, password = endpoint.basic_auth
+        validate_basic_auth(username, password)
+        # Built here rather than by aiohttp.BasicAuth (deprecated): Latin-1, as RFC 7617 allows.
+        pair = f"{username}:{password}".encode("latin-1")
+        headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
+    return headers
+
+
 class ConsulClient:
     """Async Consul reads with a connection cap, retries and typed answers."""
 
@@ -196,6 +273,7 @@ class ConsulClient:
         retry: RetryPolicy | None = None,
         request_timeout: float = 30.0,
         observer: RequestObserver | None = None,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
     ) -> None:
         self.endpoint = endpoint
         self.max_connections = max_connections
@@ -205,12 +283,9 @@ class ConsulClient:
         self._observer = observer
         self._rng = random.Random()
         self.concurrency = AdaptiveLimit(max_connections)
+        self._max_answer_bytes = max_answer_bytes
         self._session: aiohttp.ClientSession | None = None
-        headers = {"Accept": "application/json"}
-        if endpoint.token:
-            headers["X-Consul-Token"] = endpoint.token
-        self._headers = headers
-        self._auth = aiohttp.BasicAuth(*endpoint.basic_auth) if endpoint.basic_auth else None
+        self._headers = _credential_headers(endpoint)
 
     async def __aenter__(self) -> ConsulClient:
         return self
@@ -226,9 +301,7 @@ class ConsulClient:
                 ssl=self.endpoint.ssl_context if self.endpoint.ssl_context is not None else True,
                 enable_cleanup_closed=True,
             )
-            self._session = aiohttp.ClientSession(
-                connector=connector, headers=self._headers, auth=self._auth
-            )
+            self._session = aiohttp.ClientSession(connector=connector, headers=self._headers)
         return self._session
 
     async def close(self) -> None:
@@ -294,7 +367,7 @@ class ConsulClient:
         data, answered = await self._get(
             endpoint="catalog_services", path="/v1/catalog/services", params=params, wait=wait
         )
-        return parse_service_list(data), answered
+        return _parsed(parse_service_list, data, where="/v1/catalog/services"), answered
 
     async def table_index(self, *, endpoint: str, path: str, filter_expr: str) -> int:
         """The index an endpoint reports, with a filter that keeps its body empty.
@@ -313,7 +386,7 @@ class ConsulClient:
         data, answered = await self._get(
             endpoint="health_state", path="/v1/health/state/any", params=params
         )
-        return parse_check_states(data), answered
+        return _parsed(parse_check_states, data, where="/v1/health/state/any"), answered
 
     async def list_nodes(self) -> tuple[list[tuple[str, int]], int]:
         """Every node of /v1/catalog/nodes with its ModifyIndex, and the nodes index."""
@@ -321,7 +394,7 @@ class ConsulClient:
         data, answered = await self._get(
             endpoint="catalog_nodes", path="/v1/catalog/nodes", params=params
         )
-        return parse_node_indexes(data), answered
+        return _parsed(parse_node_indexes, data, where="/v1/catalog/nodes"), answered
 
     async def service_instances(
         self,
@@ -353,7 +426,9 @@ class ConsulClient:
         )
         if data is _UNCHANGED:
             return None, answered
-        return parse_health_entries(data, where=f"/v1/health/service/{name}"), answered
+        where = f"/v1/health/service/{name}"
+        entries = _parsed(lambda d: parse_health_entries(d, where=where), data, where=where)
+        return entries, answered
 
     async def _get(
         self,
@@ -424,27 +499,131 @@ class ConsulClient:
                 url,
                 timeout=limits,
                 server_hostname=self.endpoint.server_name or None,
-                allow_redirects=True,
+                # Never followed: the token and basic auth would go to whatever origin a proxy
+                # names, plain HTTP included.
+                allow_redirects=False,
             ) as response:
-                body = await response.read()
                 status = response.status
                 index_header = response.headers.get("X-Consul-Index")
+                if status in _REDIRECT_STATUSES:
+                    raise _redirect_error(response, url=url, path=path)
+                if status != 200:
+                    head, _ = await _read_at_most(response, _ERROR_BODY_BYTES)
+                    raise _error_for_status(status=status, body=head, path=path, url=url)
+                body = await self._read_answer(response, path=path)
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             raise ConsulUnreachable(f"{path}: {_describe_connection_error(exc)}") from None
         except TimeoutError:
             raise ConsulUnreachable(f"{path}: timed out after {limits.total:g}s") from None
-        if status != 200:
-            raise _error_for_status(status=status, body=body, path=path)
         index = _parse_index(index_header)
         if unchanged_index is not None and index == unchanged_index:
             return _UNCHANGED, index
-        try:
-            return json.loads(body), index
-        except ValueError as exc:
-            raise ConsulBadResponse(f"{path}: answer is not JSON ({exc})", status=status) from None
+        return _decode_json(body, path=path), index
+
+    async def _read_answer(self, response: aiohttp.ClientResponse, *, path: str) -> bytearray:
+        """The body, or :class:`ConsulBadResponse` once it passes the answer size cap."""
+        limit = self._max_answer_bytes
+        declared = response.content_length
+        if declared is not None and declared > limit:
+            raise _too_large(path=path, limit=limit)
+        body, more = await _read_at_most(response, limit)
+        if more:
+            raise _too_large(path=path, limit=limit)
+        return body
+
+    async def catalog_datacenter(self) -> str:
+        """The ``Datacenter`` the rows of /v1/catalog/nodes carry; "" when the token sees none.
+
+        For a token without ``agent:read`` (/v1/agent/self denied): every node of the catalog
+        this agent answers for carries that agent's datacenter, the value Prometheus takes from
+        /v1/agent/self, so the ``__meta_consul_dc`` labels come out the same. Needs node:read.
+        """
+        params = self._query_params(index=0, wait=None, node_meta={}, filter_expr="")
+        data, _ = await self._get(endpoint="catalog_nodes", path="/v1/catalog/nodes", params=params)
+        if data is None:
+            return ""
+        if not isinstance(data, list):
+            raise ConsulBadResponse(
+                f"/v1/catalog/nodes: expected a list, got {type(data).__name__}"
+            )
+        for row in data:
+            datacenter = row.get("Datacenter") if isinstance(row, dict) else None
+            if not isinstance(datacenter, str) or not datacenter:
+                raise ConsulBadResponse("/v1/catalog/nodes: a node without a Datacenter string")
+            return datacenter
+        return ""
+
+
+async def _read_at_most(response: aiohttp.ClientResponse, limit: int) -> tuple[bytearray, bool]:
+    """Up to ``limit`` bytes of the (decompressed) body, and whether the body had more.
+
+    Chunks as they arrive, so memory stays near ``limit`` whatever the server sends; leaving
+    the rest unread makes aiohttp close the connection instead of reusing it.
+    """
+    body = bytearray()
+    async for chunk in response.content.iter_any():
+        body += chunk
+        if len(body) > limit:
+            del body[limit:]
+            return body, True
+    return body, False
+
+
+def _too_large(*, path: str, limit: int) -> ConsulBadResponse:
+    mib, rest = divmod(limit, 1024 * 1024)
+    size = f"{mib} MiB" if not rest else f"{limit} bytes"
+    return ConsulBadResponse(f"{path}: answer larger than {size}; is this Consul?")
+
+
+def _decode_json(body: bytes | bytearray, *, path: str) -> Any:
+    try:
+        return json.loads(body)
+    except RecursionError:
+        # The C decoder recurses per nesting level: a proxy's or attacker's answer can be deep.
+        raise ConsulBadResponse(f"{path}: answer nested too deeply") from None
+    except ValueError as exc:
+        raise ConsulBadResponse(f"{path}: answer is not JSON ({exc})") from None
+    except Exception as exc:  # anything else the decoder raises is still a bad answer
+        raise ConsulBadResponse(
+            f"{path}: answer could not be decoded ({type(exc).__name__})"
+        ) from None
+
+
+def _parsed(parse: Callable[[Any], _T], data: Any, *, where: str) -> _T:
+    """``parse(data)``, with any error other than a :class:`ConsulBadResponse` turned into one.
+
+    The parsers check every field they read; this guard is for what they did not foresee, so
+    that an odd answer is a status reason and never a crash of the worker.
+    """
+    try:
+        return parse(data)
+    except ConsulError:
+        raise
+    except RecursionError:
+        raise ConsulBadResponse(f"{where}: answer nested too deeply") from None
+    except Exception as exc:
+        raise ConsulBadResponse(f"{where}: unexpected answer ({type(exc).__name__})") from None
+
+
+def _redirect_error(response: aiohttp.ClientResponse, *, url: URL, path: str) -> ConsulError:
+    status = response.status
+    location = response.headers.get("Location")
+    target = _redirect_target(location, base=url) if location else "an empty Location"
+    return ConsulError(f"{path}: HTTP {status} redirect to {target} not followed", status=status)
+
+
+def _redirect_target(location: str, *, base: URL) -> str:
+    """Where a redirect points, without user info, query or fragment (they may hold secrets)."""
+    try:
+        target = base.join(URL(location))
+        shown = str(target.with_user(None).with_query(None).with_fragment(None))
+    except (ValueError, TypeError):
+        return "an unreadable Location"
+    return "".join(c if c.isprintable() else "?" for c in shown)[:200]
 
 
 _UNCHANGED: Final = object()
+_FILTER_ERROR: Final = "Failed to create boolean expression evaluator"
 
 
 def _outcome(error: ConsulError) -> str:
@@ -471,18 +650,24 @@ def _describe_connection_error(exc: Exception) -> str:
     return text[:300]
 
 
-def _error_for_status(*, status: int, body: bytes, path: str) -> ConsulError:
-    text = body.decode("utf-8", "replace").strip()[:300]
+def _error_for_status(*, status: int, body: bytes | bytearray, path: str, url: URL) -> ConsulError:
+    text = " ".join(body.decode("utf-8", "replace").split())[:300]
     message = f"{path}: HTTP {status}: {text or '(empty body)'}"
+    if _FILTER_ERROR in text:
+        # Consul 1.16 answers 500 (later versions 400) for a filter it cannot compile; name the
+        # expression, which the user wrote, and Consul's reason. Retrying cannot help.
+        expression = url.query.get("filter", "")
+        reason = text.split(_FILTER_ERROR, 1)[1].lstrip(": ") or text
+        return ConsulBadRequest(
+            f"{path}: Consul cannot compile the filter {expression[:200]!r}: {reason}",
+            status=status,
+        )
     if status == 403:
         return ConsulACLDenied(message, status=status)
     if status == 429:
         return ConsulRateLimited(message, status=status)
     if status == 500 and "No path to datacenter" in text:
         return ConsulDatacenterUnknown(message, status=status)
-    if status == 500 and "Failed to create boolean expression evaluator" in text:
-        # Consul 1.16 answers a filter it cannot compile with a 500; retrying cannot help.
-        return ConsulBadRequest(message, status=status)
     if status in _RETRYABLE_STATUSES:
         return ConsulServerError(message, status=status)
     if status == 400:

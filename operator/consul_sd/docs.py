@@ -42,7 +42,7 @@ CROSS_FIELD_RULES: tuple[tuple[str, str], ...] = (
     ("spec.consul.tls", "certSecretRef and keySecretRef must be set together"),
     ("spec.watchTimeout", "must be at most 10m (Consul's limit)"),
     ("spec.watchTimeout", "must be at least 1s"),
-    ("spec.refreshInterval", "must be greater than 0s"),
+    ("spec.refreshInterval", "must be at least 1s"),
 )
 
 # Descriptions for fields the model does not describe yet, by path as on the page. Moving one

@@ -1,14 +1,15 @@
-"""A Consul endpoint from the spec plus credentials, for both the CLI and the operator.
+"""A Consul endpoint and client from the spec plus credentials, for the CLI and the operator.
 
 The two differ only in where credentials come from (files and flags for ``consul-sd discover``,
-Secrets for the operator); everything else about building the endpoint, TLS included, is here.
+Secrets for the operator); everything else about building the endpoint, TLS included, and the
+connection cap of the client that talks to it, is here, so both honour ``maxConcurrent`` alike.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from consul_sd.consul import ConsulEndpoint
+from consul_sd.consul import ConsulClient, ConsulEndpoint, RequestObserver
 from consul_sd.spec import ConsulConfig
 from consul_sd.tlsconfig import build_ssl_context
 
@@ -51,3 +52,14 @@ def build_endpoint(consul: ConsulConfig, credentials: Credentials) -> ConsulEndp
         ssl_context=ssl_context,
         server_name=credentials.server_name or (tls.server_name if tls else "") or None,
     )
+
+
+def build_client(
+    endpoint: ConsulEndpoint, *, max_concurrent: int, observer: RequestObserver | None = None
+) -> ConsulClient:
+    """The client a discovery worker uses: never more than ``max_concurrent + 1`` connections.
+
+    ``maxConcurrent`` bounds the service requests; Blocking's catalog long-poll holds one more
+    connection beside them, and nothing else a worker sends runs alongside those.
+    """
+    return ConsulClient(endpoint=endpoint, max_connections=max_concurrent + 1, observer=observer)

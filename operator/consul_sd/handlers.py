@@ -27,6 +27,7 @@ from prometheus_client import start_http_server
 from consul_sd import metrics
 from consul_sd.crd import GROUP, PLURAL, VERSION
 from consul_sd.kube import DiscoveryRef, Kube
+from consul_sd.progress import PROGRESS
 from consul_sd.runner import run_generation
 
 PREFIX = "consul-sd.io"
@@ -45,6 +46,8 @@ def configure(*, settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> 
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
+    # Every other request of kopf's own (patches, events) is bounded too.
+    settings.networking.request_timeout = 30
     memo.kube = Kube.from_environment()
 
 
@@ -81,11 +84,19 @@ async def run_consul_discovery(
                 if runner is not None and runner.done() and not runner.cancelled():
                     error = runner.exception()
                     if error is not None:
-                        logger.error("discovery runner failed: %r; restarting", error)
+                        # run_generation reports its own failures; only a bug in it lands here.
+                        logger.error(
+                            "%s/%s: discovery runner stopped (%s); restarting",
+                            namespace,
+                            name,
+                            type(error).__name__,
+                        )
                         await asyncio.sleep(5)
                 await _stop(runner)
                 generation = current
-                logger.info("starting discovery for generation %d", generation)
+                logger.info(
+                    "%s/%s: starting discovery for generation %d", namespace, name, generation
+                )
                 runner = asyncio.create_task(
                     run_generation(
                         kube=kube,
@@ -100,6 +111,7 @@ async def run_consul_discovery(
     finally:
         await _stop(runner)
         metrics.forget(namespace, name)
+        PROGRESS.forget(f"{namespace}/{name}")
 
 
 async def _stop(task: asyncio.Task[None] | None) -> None:
@@ -110,6 +122,10 @@ async def _stop(task: asyncio.Task[None] | None) -> None:
 
 @kopf.on.probe(id="discoveries")
 async def count_discoveries(**_: Any) -> int:
+    """The number of running discoveries; fails liveness when one stopped progressing."""
+    stalled = PROGRESS.stalled()
+    if stalled:
+        raise kopf.PermanentError("discovery stalled: " + "; ".join(stalled))
     return sum(1 for task in asyncio.all_tasks() if task.get_name().startswith("consul-sd "))
 
 

@@ -17,8 +17,9 @@ import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, Protocol
 
+import urllib3
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
@@ -33,6 +34,8 @@ SCRAPE_CONFIG_GROUP = "monitoring.coreos.com"
 SCRAPE_CONFIG_VERSION = "v1alpha1"
 SCRAPE_CONFIG_PLURAL = "scrapeconfigs"
 _APPLY = "application/apply-patch+yaml"
+# (connect, read) seconds for every apiserver request; a read waits at most this long per chunk.
+REQUEST_TIMEOUT = (5.0, 30.0)
 _MERGE = "application/merge-patch+json"
 
 
@@ -48,6 +51,59 @@ class SecretNotFound(Exception):
     """A Secret or a key the spec names is missing; reported as reason SecretNotFound."""
 
     reason = "SecretNotFound"
+
+
+class SecretInvalid(Exception):
+    """A Secret value that cannot be what the spec uses it as; its message never holds it."""
+
+    reason = "SecretInvalid"
+
+
+def decode_secret_value(encoded: str, *, where: str) -> str:
+    """A Secret's base64 value as UTF-8 text; the error names the position, never a byte."""
+    try:
+        raw = base64.b64decode(encoded, validate=True)
+    except ValueError:
+        raise SecretInvalid(f"{where} is not valid base64") from None
+    try:
+        return raw.decode()
+    except UnicodeDecodeError as exc:
+        raise SecretInvalid(f"{where} is not UTF-8 text (byte {exc.start})") from None
+
+
+def output_body(
+    *,
+    owner: DiscoveryRef,
+    kind: OutputKind,
+    name: str,
+    labels: Mapping[str, str],
+    payload: Mapping[str, Any],
+) -> dict[str, Any]:
+    """A ConfigMap (``payload``: its data) or ScrapeConfig (its spec) owned by ``owner``."""
+    api_version = "v1" if kind == "ConfigMap" else f"{SCRAPE_CONFIG_GROUP}/{SCRAPE_CONFIG_VERSION}"
+    return {
+        "apiVersion": api_version,
+        "kind": kind,
+        "metadata": {
+            "name": name,
+            "namespace": owner.namespace,
+            "labels": dict(labels),
+            "ownerReferences": [owner.owner_reference()],
+        },
+        "data" if kind == "ConfigMap" else "spec": dict(payload),
+    }
+
+
+def owner_uid(item: Mapping[str, Any]) -> str | None:
+    """The uid of the object's controlling ConsulDiscovery, if a ConsulDiscovery controls it."""
+    for reference in (item.get("metadata") or {}).get("ownerReferences") or []:
+        if reference.get("controller") and reference.get("kind") == KIND:
+            uid = reference.get("uid")
+            return uid if isinstance(uid, str) else None
+    return None
+
+
+OutputKind = Literal["ConfigMap", "ScrapeConfig"]
 
 
 @dataclass(frozen=True)
@@ -96,16 +152,26 @@ class Kube:
         return cls(k8s.ApiClient())
 
     async def _call(self, function: Any, *args: Any, **kwargs: Any) -> Any:
+        """One API request, bounded by :data:`REQUEST_TIMEOUT` (connect, read) on its socket.
+
+        A partition that stops forwarding without closing the connection ends in a timeout,
+        never a call that hangs forever.
+        """
         try:
-            response = await asyncio.to_thread(function, *args, _preload_content=False, **kwargs)
+            response = await asyncio.to_thread(
+                function, *args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT, **kwargs
+            )
+            data = response.data
         except ApiException as exc:
             raise _describe(exc) from None
-        data = response.data
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise KubeError(f"apiserver unreachable: {type(exc).__name__}", status=0) from None
         return json.loads(data) if data else None
 
     # ---------------------------------------------------------------------------- Secrets
 
     async def read_secret_value(self, *, namespace: str, name: str, key: str) -> str:
+        """One key of a Secret as text; :class:`SecretInvalid` if it is not UTF-8."""
         try:
             secret = await self._call(self._core.read_namespaced_secret, name, namespace)
         except KubeError as exc:
@@ -115,55 +181,62 @@ class Kube:
         encoded = (secret.get("data") or {}).get(key)
         if encoded is None:
             raise SecretNotFound(f"Secret {namespace}/{name} has no key {key!r}")
-        return base64.b64decode(encoded).decode()
+        return decode_secret_value(encoded, where=f"Secret {namespace}/{name} key {key!r}")
 
     # ---------------------------------------------------------------------------- Outputs
 
-    async def list_config_maps(self, *, namespace: str, discovery: str) -> list[dict[str, Any]]:
-        result = await self._call(
-            self._core.list_namespaced_config_map,
-            namespace,
-            label_selector=f"{DISCOVERY_LABEL}={discovery}",
-        )
-        return list(result.get("items", []))
+    def _output_api(self, kind: OutputKind) -> _OutputAPI:
+        if kind == "ConfigMap":
+            return _ConfigMapAPI(self._core)
+        return _ScrapeConfigAPI(self._custom)
 
-    async def list_scrape_configs(self, *, namespace: str, discovery: str) -> list[dict[str, Any]]:
+    async def list_outputs(
+        self, *, namespace: str, kind: OutputKind, discovery: str
+    ) -> list[dict[str, Any]]:
+        """Objects of ``kind`` labelled as this discovery's (the caller checks ownership)."""
         try:
             result = await self._call(
-                self._custom.list_namespaced_custom_object,
-                SCRAPE_CONFIG_GROUP,
-                SCRAPE_CONFIG_VERSION,
+                self._output_api(kind).list,
                 namespace,
-                SCRAPE_CONFIG_PLURAL,
                 label_selector=f"{DISCOVERY_LABEL}={discovery}",
             )
         except KubeError as exc:
-            if exc.status == 404:  # prometheus-operator's CRDs are not installed
+            if exc.status == 404 and kind == "ScrapeConfig":  # prometheus-operator not installed
                 return []
             raise
         return list(result.get("items", []))
 
-    async def apply_config_map(
+    async def read_output(self, *, namespace: str, kind: OutputKind, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call(self._output_api(kind).read, name, namespace)
+        return result
+
+    async def create_output(
         self,
         *,
         owner: DiscoveryRef,
+        kind: OutputKind,
         name: str,
-        data: Mapping[str, str],
         labels: Mapping[str, str],
-    ) -> None:
-        body = {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {
-                "name": name,
-                "namespace": owner.namespace,
-                "labels": dict(labels),
-                "ownerReferences": [owner.owner_reference()],
-            },
-            "data": dict(data),
-        }
-        await self._call(
-            self._core.patch_namespaced_config_map,
+        payload: Mapping[str, Any],
+    ) -> str:
+        """Create a new object; a 409 :class:`KubeError` if the name is taken. Returns its uid."""
+        body = output_body(owner=owner, kind=kind, name=name, labels=labels, payload=payload)
+        created = await self._call(self._output_api(kind).create, owner.namespace, body)
+        return str(created["metadata"]["uid"])
+
+    async def apply_output(
+        self,
+        *,
+        owner: DiscoveryRef,
+        kind: OutputKind,
+        name: str,
+        labels: Mapping[str, str],
+        payload: Mapping[str, Any],
+    ) -> str:
+        """Server-side apply of an object this discovery owns. Returns its uid."""
+        body = output_body(owner=owner, kind=kind, name=name, labels=labels, payload=payload)
+        applied = await self._call(
+            self._output_api(kind).patch,
             name,
             owner.namespace,
             body,
@@ -171,54 +244,16 @@ class Kube:
             force=True,
             _content_type=_APPLY,
         )
+        return str(applied["metadata"]["uid"])
 
-    async def apply_scrape_config(
-        self,
-        *,
-        owner: DiscoveryRef,
-        name: str,
-        spec: Mapping[str, Any],
-        labels: Mapping[str, str],
-    ) -> None:
-        body = {
-            "apiVersion": f"{SCRAPE_CONFIG_GROUP}/{SCRAPE_CONFIG_VERSION}",
-            "kind": "ScrapeConfig",
-            "metadata": {
-                "name": name,
-                "namespace": owner.namespace,
-                "labels": dict(labels),
-                "ownerReferences": [owner.owner_reference()],
-            },
-            "spec": dict(spec),
-        }
-        await self._call(
-            self._custom.patch_namespaced_custom_object,
-            SCRAPE_CONFIG_GROUP,
-            SCRAPE_CONFIG_VERSION,
-            owner.namespace,
-            SCRAPE_CONFIG_PLURAL,
-            name,
-            body,
-            field_manager=FIELD_MANAGER,
-            force=True,
-            _content_type=_APPLY,
-        )
-
-    async def delete_output(self, *, namespace: str, kind: str, name: str) -> None:
+    async def delete_output(self, *, namespace: str, kind: OutputKind, name: str, uid: str) -> None:
+        """Delete the object with this uid only (a precondition): never a namesake."""
+        options = {"preconditions": {"uid": uid}}
         try:
-            if kind == "ConfigMap":
-                await self._call(self._core.delete_namespaced_config_map, name, namespace)
-            else:
-                await self._call(
-                    self._custom.delete_namespaced_custom_object,
-                    SCRAPE_CONFIG_GROUP,
-                    SCRAPE_CONFIG_VERSION,
-                    namespace,
-                    SCRAPE_CONFIG_PLURAL,
-                    name,
-                )
+            await self._call(self._output_api(kind).delete, name, namespace, body=options)
         except KubeError as exc:
-            if exc.status != 404:
+            # 404: already gone; 409: the name now belongs to another object, left alone.
+            if exc.status not in (404, 409):
                 raise
 
     # ----------------------------------------------------------------------- Status, events
@@ -264,3 +299,58 @@ class Kube:
             logger.warning(
                 "could not post event %s on %s/%s: %s", reason, ref.namespace, ref.name, exc
             )
+
+
+class _OutputAPI(Protocol):
+    """The list/read/create/patch/delete calls of one output kind, with namespaced arguments."""
+
+    def list(self, namespace: str, **kwargs: Any) -> Any: ...
+    def read(self, name: str, namespace: str, **kwargs: Any) -> Any: ...
+    def create(self, namespace: str, body: Any, **kwargs: Any) -> Any: ...
+    def patch(self, name: str, namespace: str, body: Any, **kwargs: Any) -> Any: ...
+    def delete(self, name: str, namespace: str, **kwargs: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class _ConfigMapAPI:
+    core: Any
+
+    def list(self, namespace: str, **kwargs: Any) -> Any:
+        return self.core.list_namespaced_config_map(namespace, **kwargs)
+
+    def read(self, name: str, namespace: str, **kwargs: Any) -> Any:
+        return self.core.read_namespaced_config_map(name, namespace, **kwargs)
+
+    def create(self, namespace: str, body: Any, **kwargs: Any) -> Any:
+        return self.core.create_namespaced_config_map(namespace, body, **kwargs)
+
+    def patch(self, name: str, namespace: str, body: Any, **kwargs: Any) -> Any:
+        return self.core.patch_namespaced_config_map(name, namespace, body, **kwargs)
+
+    def delete(self, name: str, namespace: str, **kwargs: Any) -> Any:
+        return self.core.delete_namespaced_config_map(name, namespace, **kwargs)
+
+
+@dataclass(frozen=True)
+class _ScrapeConfigAPI:
+    custom: Any
+
+    def _where(self, namespace: str) -> tuple[str, str, str, str]:
+        return (SCRAPE_CONFIG_GROUP, SCRAPE_CONFIG_VERSION, namespace, SCRAPE_CONFIG_PLURAL)
+
+    def list(self, namespace: str, **kwargs: Any) -> Any:
+        return self.custom.list_namespaced_custom_object(*self._where(namespace), **kwargs)
+
+    def read(self, name: str, namespace: str, **kwargs: Any) -> Any:
+        return self.custom.get_namespaced_custom_object(*self._where(namespace), name, **kwargs)
+
+    def create(self, namespace: str, body: Any, **kwargs: Any) -> Any:
+        return self.custom.create_namespaced_custom_object(*self._where(namespace), body, **kwargs)
+
+    def patch(self, name: str, namespace: str, body: Any, **kwargs: Any) -> Any:
+        return self.custom.patch_namespaced_custom_object(
+            *self._where(namespace), name, body, **kwargs
+        )
+
+    def delete(self, name: str, namespace: str, **kwargs: Any) -> Any:
+        return self.custom.delete_namespaced_custom_object(*self._where(namespace), name, **kwargs)

@@ -1,12 +1,12 @@
 """The operator's own Prometheus metrics (prometheus-client), served on ``--metrics-port``.
 
 Label sets are bounded: per CR (namespace, name), per Consul endpoint kind and outcome, per
-output kind; never per Consul service, which could be tens of thousands of series.
+output kind; never per Consul service, which could be tens of thousands of series. Every metric
+is labelled by CR first, and :func:`forget` drops all series of a deleted CR, so deleting CRs
+never leaves series behind.
 """
 
 from __future__ import annotations
-
-import contextlib
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -48,8 +48,31 @@ OUTPUT_WRITES = Counter(
 )
 
 
+# Every metric above, with its label names: all start with (namespace, name), and forget()
+# clears each. A test fails when a metric of this module is missing here.
+PER_DISCOVERY: tuple[tuple[Counter | Gauge | Histogram, tuple[str, ...]], ...] = (
+    (CYCLES, ("namespace", "name", "mode")),
+    (CYCLE_DURATION, ("namespace", "name")),
+    (CONSUL_REQUESTS, ("namespace", "name", "endpoint", "outcome")),
+    (TARGETS, ("namespace", "name")),
+    (SERVICES, ("namespace", "name")),
+    (FAILED_SERVICES, ("namespace", "name")),
+    (OUTPUT_WRITES, ("namespace", "name", "kind", "outcome")),
+)
+
+
 def forget(namespace: str, name: str) -> None:
-    """Drop a deleted CR's gauges so they do not report forever."""
-    for gauge in (TARGETS, SERVICES, FAILED_SERVICES):
-        with contextlib.suppress(KeyError):
-            gauge.remove(namespace, name)
+    """Drop every series of a deleted CR, whatever its other labels (endpoint, outcome, kind).
+
+    prometheus-client (before 0.23) removes a series only by its full label values, so they
+    are read back from the metric's own samples (a histogram's buckets add ``le``, dropped here).
+    """
+    for metric, label_names in PER_DISCOVERY:
+        owned = {
+            tuple(sample.labels[label] for label in label_names)
+            for family in metric.collect()
+            for sample in family.samples
+            if sample.labels.get("namespace") == namespace and sample.labels.get("name") == name
+        }
+        for values in owned:
+            metric.remove(*values)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,15 +40,6 @@ class OutputTooLarge(Exception):
     """The targets do not fit the configured number of shards."""
 
     reason = "OutputTooLarge"
-
-
-@dataclass(frozen=True)
-class Shard:
-    """One output object's content: its name, its units' items, and its size."""
-
-    name: str
-    items: tuple[Any, ...]
-    size: int
 
 
 def shard_index(key: str, shards: int) -> int:
@@ -107,6 +98,7 @@ class ConfigMapShard:
     key: str
     data: bytes
     targets: int
+    members: tuple[Target, ...] = ()
 
 
 def config_map_shards(
@@ -131,10 +123,15 @@ def config_map_shards(
     for i, bucket in enumerate(buckets):
         name = f"{output.name}-{i}"
         ordered = sorted(bucket, key=lambda unit: unit[0])
-        targets = [t for _, unit_targets, _ in ordered for t in unit_targets]
+        targets = tuple(t for _, unit_targets, _ in ordered for t in unit_targets)
         data = render_lines(t.line for t in targets)
-        shards.append(ConfigMapShard(name, f"{name}.json", data, len(targets)))
+        shards.append(ConfigMapShard(name, f"{name}.json", data, len(targets), targets))
     return shards
+
+
+def config_map_data(name: str, targets: Iterable[Target]) -> dict[str, str]:
+    """The data of ConfigMap ``name`` holding ``targets`` (one key, ``<name>.json``)."""
+    return {f"{name}.json": render_lines(t.line for t in targets).decode()}
 
 
 def static_config(target: Target) -> dict[str, Any]:
@@ -148,6 +145,25 @@ def scrape_config_specs(
     previous: int | None = None,
 ) -> list[tuple[str, dict[str, Any]]]:
     """``(ScrapeConfig name, spec)`` per shard: static configs plus the user's scrape settings."""
+    settings = scrape_settings(output)
+    return [
+        (name, scrape_config_spec(settings, members))
+        for name, members in scrape_config_shards(groups, output=output, previous=previous)
+    ]
+
+
+def scrape_config_spec(settings: Mapping[str, Any], targets: Iterable[Target]) -> dict[str, Any]:
+    """A ScrapeConfig spec: the scrape settings and one static config per target."""
+    return {**settings, "staticConfigs": [static_config(t) for t in targets]}
+
+
+def scrape_config_shards(
+    groups: Mapping[str, TargetGroup],
+    *,
+    output: ScrapeConfigOutput,
+    previous: int | None = None,
+) -> list[tuple[str, tuple[Target, ...]]]:
+    """``(ScrapeConfig name, targets)`` per shard, sized by their static configs' bytes."""
     configs: dict[Target, dict[str, Any]] = {}
 
     def measure(target: Target) -> int:
@@ -163,13 +179,11 @@ def scrape_config_specs(
     limit = min(SCRAPE_CONFIG_MAX_BYTES, average * output.max_targets_per_object)
     units = _units(groups, measure=measure, split_above=limit / 4)
     buckets = _choose_shards(units=units, limit=limit, max_shards=256, previous=previous)
-    settings = scrape_settings(output)
-    specs = []
+    shards = []
     for i, bucket in enumerate(buckets):
         ordered = sorted(bucket, key=lambda unit: unit[0])
-        static = [configs[t] for _, targets, _ in ordered for t in targets]
-        specs.append((f"{output.name}-{i}", {**settings, "staticConfigs": static}))
-    return specs
+        shards.append((f"{output.name}-{i}", tuple(t for _, ts, _ in ordered for t in ts)))
+    return shards
 
 
 def scrape_settings(output: ScrapeConfigOutput) -> dict[str, Any]:
@@ -183,3 +197,40 @@ def scrape_settings(output: ScrapeConfigOutput) -> dict[str, Any]:
         if not fields.get(key):
             fields.pop(key, None)
     return fields
+
+
+def held_targets(kind: str, content: Mapping[str, Any]) -> list[Target]:
+    """The targets an existing output object holds, read back from its data or spec.
+
+    What a restarted operator learns from its own objects: the seed of its first discovery and
+    the set each object holds, so no write ever drops a target another object has not taken
+    over yet. Entries this operator would not have written are skipped.
+    """
+    if kind == "ConfigMap":
+        entries: list[Any] = []
+        for text in content.values():
+            try:
+                parsed = json.loads(text)
+            except (TypeError, ValueError, RecursionError):
+                continue
+            if isinstance(parsed, list):
+                entries.extend(parsed)
+    else:
+        entries = list(content.get("staticConfigs") or [])
+    held = []
+    for entry in entries:
+        if not isinstance(entry, dict):
+            continue
+        target = _read_target(entry.get("targets"), entry.get("labels"))
+        if target is not None:
+            held.append(target)
+    return held
+
+
+def _read_target(addresses: Any, labels: Any) -> Target | None:
+    """An entry as this operator writes it (one address, string labels), else ``None``."""
+    if not isinstance(labels, dict) or not isinstance(addresses, list) or len(addresses) != 1:
+        return None
+    if not isinstance(addresses[0], str) or not all(isinstance(v, str) for v in labels.values()):
+        return None
+    return Target.of(addresses[0], labels)

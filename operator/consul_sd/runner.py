@@ -5,124 +5,86 @@ import kopf, so it is tested against a fake :class:`KubeAPI` or a real apiserver
 
 - The spec is validated first; rules the CRD schema cannot express end as Ready=False
   ``InvalidSpec`` with every problem named, and nothing runs until the spec changes.
-- Secrets (token, basic auth, TLS) are read from the CR's namespace; a missing one is
-  ``SecretNotFound`` in status and retried with backoff, and a rotated one restarts the worker
-  (checked every :data:`SECRET_RECHECK_SECONDS`). Secret values never reach logs, events or status.
-- :class:`OutputPublisher` writes an output only when its bytes change, writes nothing before
-  the first complete snapshot, deletes objects no longer wanted only after every write of the
-  new set succeeded, and leaves previous generations' objects in place until then. Status is
-  patched when it changes (at most every :data:`STATUS_MIN_INTERVAL` for counters alone); events
-  mark transitions into and out of trouble, not every cycle.
+- Everything after that runs inside one boundary: any exception (a missing or invalid Secret,
+  an apiserver failure, a bug) ends in a status reason and a Warning event, the outputs keep
+  what they hold, and the generation starts again after a backoff. The log line names the CR
+  and, for an unexpected exception, its type and where it was raised, never its arguments
+  (they may hold a credential).
+- Whatever restarts the worker (a rotated Secret, a failure, an operator restart) hands the new
+  one the targets last written (after a restart, what the outputs hold) as its starting point,
+  so a service that fails during the new worker's first cycle keeps its targets.
+- :class:`GenerationSink` takes the worker's snapshots: the outputs are written by
+  :class:`consul_sd.publisher.OutputPublisher` (superset-first, owned objects only), nothing
+  before the first complete snapshot; status is patched when it changes (at most every
+  :data:`STATUS_MIN_INTERVAL` for counters alone); events mark transitions into and out of
+  trouble, not every cycle.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime
-import hashlib
-import json
 import logging
 import random
 import time
+import traceback
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from consul_sd import metrics
 from consul_sd.backoff import backoff_delay
-from consul_sd.consul import ConsulClient, ConsulEndpoint, RequestObserver
+from consul_sd.consul import ConsulError, RequestObserver
+from consul_sd.credentials import SecretReader, resolve_endpoint
+from consul_sd.credentials import fingerprint as secrets_fingerprint
+from consul_sd.credentials import read_values as read_secret_values
 from consul_sd.durations import format_duration
-from consul_sd.endpoints import Credentials, build_endpoint
-from consul_sd.kube import DiscoveryRef, KubeError, SecretNotFound
-from consul_sd.outputs import (
-    DISCOVERY_LABEL,
-    MANAGED_BY,
-    MANAGED_BY_LABEL,
-    OutputTooLarge,
-    config_map_shards,
-    scrape_config_specs,
-)
-from consul_sd.spec import ConsulDiscoverySpec, SecretKeyRef, SpecError, parse_spec
+from consul_sd.endpoints import build_client
+from consul_sd.kube import DiscoveryRef, KubeError, SecretInvalid, SecretNotFound
+from consul_sd.progress import PROGRESS
+from consul_sd.publisher import OutputAPI, OutputPublisher, Problem
+from consul_sd.spec import ConsulDiscoverySpec, SpecError, parse_spec, validate_discovery_name
 from consul_sd.status import (
     REASON_FIRST_SYNC,
     REASON_HEALTHY,
+    REASON_INTERNAL_ERROR,
     REASON_INVALID_SPEC,
-    REASON_OUTPUT_TOO_LARGE,
-    REASON_OUTPUT_WRITE_FAILED,
+    REASON_KUBERNETES_ERROR,
+    REASON_SECRET_INVALID,
+    REASON_SECRET_NOT_FOUND,
     REASON_SERVICES_FAILING,
     REASON_SYNCED,
 )
-from consul_sd.workers import DiscoveryQuery, Snapshot, is_publishable, run_discovery
+from consul_sd.targets import TargetGroup
+from consul_sd.workers import DiscoveryQuery, Snapshot, is_permanent, is_publishable, run_discovery
 
 logger = logging.getLogger(__name__)
 
 STATUS_MIN_INTERVAL = 10.0
 SECRET_RECHECK_SECONDS = 60.0
-BLOCKED_BACKOFF_CAP = 60.0
+RESTART_BACKOFF_CAP = 60.0
+
+__all__ = ["GenerationSink", "KubeAPI", "Problem", "run_generation"]
 
 
-class KubeAPI(Protocol):
+class KubeAPI(OutputAPI, SecretReader, Protocol):
     """What the runner needs of :class:`consul_sd.kube.Kube` (the seam unit tests fake)."""
 
-    async def read_secret_value(self, *, namespace: str, name: str, key: str) -> str: ...
-    async def list_config_maps(self, *, namespace: str, discovery: str) -> list[dict[str, Any]]: ...
-    async def list_scrape_configs(
-        self, *, namespace: str, discovery: str
-    ) -> list[dict[str, Any]]: ...
-    async def apply_config_map(
-        self,
-        *,
-        owner: DiscoveryRef,
-        name: str,
-        data: Mapping[str, str],
-        labels: Mapping[str, str],
-    ) -> None: ...
-    async def apply_scrape_config(
-        self,
-        *,
-        owner: DiscoveryRef,
-        name: str,
-        spec: Mapping[str, Any],
-        labels: Mapping[str, str],
-    ) -> None: ...
-    async def delete_output(self, *, namespace: str, kind: str, name: str) -> None: ...
     async def patch_status(self, *, ref: DiscoveryRef, status: Mapping[str, Any]) -> None: ...
     async def post_event(
         self, *, ref: DiscoveryRef, kind: str, reason: str, message: str
     ) -> None: ...
 
 
-@dataclass(frozen=True)
-class Problem:
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True)
-class _Desired:
-    kind: str
-    name: str
-    labels: Mapping[str, str]
-    content: Mapping[str, Any]
-    targets: int
-    size: int
-
-    @property
-    def digest(self) -> str:
-        return _digest(self.labels, self.content)
-
-
-def _digest(labels: Mapping[str, Any], content: Mapping[str, Any]) -> str:
-    canonical = json.dumps([labels, content], sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class OutputPublisher:
-    """Snapshots in; output objects, status and events out, for one CR generation."""
+def _key(ref: DiscoveryRef) -> str:
+    return f"{ref.namespace}/{ref.name}"
+
+
+class StatusReporter:
+    """Conditions, status and events of one CR generation."""
 
     def __init__(
         self,
@@ -135,169 +97,25 @@ class OutputPublisher:
         self.kube = kube
         self.ref = ref
         self.generation = generation
-        self.spec: ConsulDiscoverySpec | None = None
-        self.published = False
         self._clock = clock
-        self._written: dict[tuple[str, str], str] = {}
-        self._shards: dict[str, int] = {}
-        self._outputs: list[dict[str, Any]] = []
         self._conditions: dict[str, dict[str, Any]] = {}
         self._last_status: dict[str, Any] | None = None
         self._last_status_at = -1e18
         self._degraded: Problem | None = None
 
-    async def resume(self) -> None:
-        """Learn what earlier runs wrote, so a restart rewrites nothing that is current."""
-        existing = await self.kube.list_config_maps(
-            namespace=self.ref.namespace, discovery=self.ref.name
+    async def report(
+        self,
+        *,
+        snapshot: Snapshot | None,
+        problem: Problem | None,
+        published: bool,
+        outputs: list[dict[str, Any]],
+        synced: bool = False,
+    ) -> None:
+        """Status for the current state; ``synced``: this snapshot was just written."""
+        self._set_conditions(
+            snapshot=snapshot, problem=problem, published=published, outputs=outputs
         )
-        for item in existing:
-            name = item["metadata"]["name"]
-            labels = item["metadata"].get("labels") or {}
-            self._written[("ConfigMap", name)] = _digest(labels, item.get("data") or {})
-        existing_sc = await self.kube.list_scrape_configs(
-            namespace=self.ref.namespace, discovery=self.ref.name
-        )
-        for item in existing_sc:
-            name = item["metadata"]["name"]
-            labels = item["metadata"].get("labels") or {}
-            self._written[("ScrapeConfig", name)] = _digest(labels, item.get("spec") or {})
-        self._shards["ConfigMap"] = len(existing) or 0
-        self._shards["ScrapeConfig"] = len(existing_sc) or 0
-
-    # -------------------------------------------------------------------------- publishing
-
-    async def publish(self, snapshot: Snapshot) -> None:
-        spec = self.spec
-        assert spec is not None, "publish before the spec was set"
-        metrics.CYCLES.labels(self.ref.namespace, self.ref.name, snapshot.mode).inc()
-        if snapshot.mode == "Polling" and snapshot.duration:
-            metrics.CYCLE_DURATION.labels(self.ref.namespace, self.ref.name).observe(
-                snapshot.duration
-            )
-        output_problem: Problem | None = None
-        if is_publishable(snapshot, published_before=self.published):
-            try:
-                desired = self._desired(spec, snapshot)
-            except OutputTooLarge as exc:
-                output_problem = Problem(REASON_OUTPUT_TOO_LARGE, str(exc))
-            else:
-                output_problem = await self._write(desired)
-                if output_problem is None:
-                    self.published = True
-                    metrics.TARGETS.labels(self.ref.namespace, self.ref.name).set(snapshot.targets)
-        metrics.SERVICES.labels(self.ref.namespace, self.ref.name).set(snapshot.matched)
-        metrics.FAILED_SERVICES.labels(self.ref.namespace, self.ref.name).set(len(snapshot.failed))
-        await self._report(snapshot=snapshot, problem=output_problem or _consul_problem(snapshot))
-
-    def _desired(self, spec: ConsulDiscoverySpec, snapshot: Snapshot) -> list[_Desired]:
-        output = spec.output
-        assert output is not None
-        base_labels = {DISCOVERY_LABEL: self.ref.name, MANAGED_BY_LABEL: MANAGED_BY}
-        desired = []
-        if output.config_map is not None:
-            shards = config_map_shards(
-                snapshot.groups,
-                output=output.config_map,
-                previous=self._shards.get("ConfigMap") or None,
-            )
-            for shard in shards:
-                desired.append(
-                    _Desired(
-                        kind="ConfigMap",
-                        name=shard.name,
-                        labels=base_labels,
-                        content={shard.key: shard.data.decode()},
-                        targets=shard.targets,
-                        size=len(shard.data),
-                    )
-                )
-        if output.scrape_config is not None:
-            labels = {**output.scrape_config.labels, **base_labels}
-            for name, sc_spec in scrape_config_specs(
-                snapshot.groups,
-                output=output.scrape_config,
-                previous=self._shards.get("ScrapeConfig") or None,
-            ):
-                desired.append(
-                    _Desired(
-                        kind="ScrapeConfig",
-                        name=name,
-                        labels=labels,
-                        content=sc_spec,
-                        targets=len(sc_spec["staticConfigs"]),
-                        size=len(json.dumps(sc_spec, separators=(",", ":"))),
-                    )
-                )
-        return desired
-
-    async def _write(self, desired: list[_Desired]) -> Problem | None:
-        ns, cr = self.ref.namespace, self.ref.name
-        for item in desired:
-            key = (item.kind, item.name)
-            digest = item.digest
-            if self._written.get(key) == digest:
-                metrics.OUTPUT_WRITES.labels(ns, cr, item.kind, "unchanged").inc()
-                continue
-            try:
-                if item.kind == "ConfigMap":
-                    await self.kube.apply_config_map(
-                        owner=self.ref, name=item.name, data=item.content, labels=item.labels
-                    )
-                else:
-                    await self.kube.apply_scrape_config(
-                        owner=self.ref, name=item.name, spec=item.content, labels=item.labels
-                    )
-            except KubeError as exc:
-                metrics.OUTPUT_WRITES.labels(ns, cr, item.kind, "error").inc()
-                # A failed write leaves that object as it was; forget its digest so the next
-                # snapshot retries it.
-                self._written.pop(key, None)
-                reason = (
-                    REASON_OUTPUT_TOO_LARGE
-                    if exc.status in (413, 422)
-                    else (REASON_OUTPUT_WRITE_FAILED)
-                )
-                return Problem(reason, f"writing {item.kind} {ns}/{item.name}: {exc}")
-            self._written[key] = digest
-            metrics.OUTPUT_WRITES.labels(ns, cr, item.kind, "written").inc()
-        wanted = {(item.kind, item.name) for item in desired}
-        for kind, name in sorted(set(self._written) - wanted):
-            try:
-                await self.kube.delete_output(namespace=ns, kind=kind, name=name)
-            except KubeError as exc:
-                return Problem(REASON_OUTPUT_WRITE_FAILED, f"deleting {kind} {ns}/{name}: {exc}")
-            del self._written[(kind, name)]
-            metrics.OUTPUT_WRITES.labels(ns, cr, kind, "deleted").inc()
-        for kind in ("ConfigMap", "ScrapeConfig"):
-            self._shards[kind] = sum(1 for item in desired if item.kind == kind)
-        self._outputs = [
-            {"kind": item.kind, "name": item.name, "targets": item.targets, "bytes": item.size}
-            for item in desired
-        ]
-        return None
-
-    # ------------------------------------------------------------------------ status, events
-
-    async def report_blocked(self, problem: Problem) -> None:
-        """Discovery cannot start (invalid spec, missing Secret): say so; outputs stay."""
-        await self._report(snapshot=None, problem=problem)
-
-    async def _report(self, *, snapshot: Snapshot | None, problem: Problem | None) -> None:
-        if self.published:
-            self._set(
-                "Ready", value="True", reason=REASON_SYNCED, message=self._synced_message(snapshot)
-            )
-            self._set("Progressing", value="False", reason=REASON_SYNCED, message="")
-        else:
-            reason = problem.reason if problem else REASON_FIRST_SYNC
-            message = problem.message if problem else "waiting for the first complete discovery"
-            self._set("Ready", value="False", reason=reason, message=message)
-            self._set("Progressing", value="True", reason=REASON_FIRST_SYNC, message=message)
-        if problem is not None:
-            self._set("Degraded", value="True", reason=problem.reason, message=problem.message)
-        else:
-            self._set("Degraded", value="False", reason=REASON_HEALTHY, message="")
         await self._announce(problem)
         status: dict[str, Any] = {
             "observedGeneration": self.generation,
@@ -310,25 +128,37 @@ class OutputPublisher:
                 failedServices=len(snapshot.failed),
                 consulRequests=sum(snapshot.requests.values()),
             )
-            if self.published:
+            if published:
                 status["targets"] = snapshot.targets
             if snapshot.duration:
                 status["lastSyncDuration"] = format_duration(snapshot.duration)
-            if is_publishable(snapshot, published_before=self.published):
+            if synced:
                 status["lastSyncTime"] = _now()
-        if self.published:
-            status["outputs"] = self._outputs
+        if published:
+            status["outputs"] = outputs
         await self._patch_status(status)
 
-    def _synced_message(self, snapshot: Snapshot | None) -> str:
-        kinds = sorted({o["kind"] for o in self._outputs})
-        count = len(self._outputs)
-        target = (
-            f"{snapshot.targets} targets from {len(snapshot.groups)} services"
-            if snapshot
-            else "targets"
-        )
-        return f"{target} written to {count} {'/'.join(kinds) or 'outputs'} objects"
+    def _set_conditions(
+        self,
+        *,
+        snapshot: Snapshot | None,
+        problem: Problem | None,
+        published: bool,
+        outputs: list[dict[str, Any]],
+    ) -> None:
+        if published:
+            message = _synced_message(snapshot, outputs)
+            self._set("Ready", value="True", reason=REASON_SYNCED, message=message)
+            self._set("Progressing", value="False", reason=REASON_SYNCED, message="")
+        else:
+            reason = problem.reason if problem else REASON_FIRST_SYNC
+            message = problem.message if problem else "waiting for the first complete discovery"
+            self._set("Ready", value="False", reason=reason, message=message)
+            self._set("Progressing", value="True", reason=REASON_FIRST_SYNC, message=message)
+        if problem is not None:
+            self._set("Degraded", value="True", reason=problem.reason, message=problem.message)
+        else:
+            self._set("Degraded", value="False", reason=REASON_HEALTHY, message="")
 
     def _set(self, kind: str, *, value: str, reason: str, message: str) -> None:
         previous = self._conditions.get(kind)
@@ -371,9 +201,7 @@ class OutputPublisher:
         except KubeError as exc:
             if exc.status == 404:
                 return  # the CR is being deleted
-            logger.warning(
-                "status of %s/%s not written: %s", self.ref.namespace, self.ref.name, exc
-            )
+            logger.warning("%s: status not written: %s", _key(self.ref), exc)
             return
         self._last_status = status
         self._last_status_at = now
@@ -383,85 +211,104 @@ class OutputPublisher:
 _VOLATILE = frozenset({"lastSyncTime", "lastSyncDuration", "consulRequests"})
 
 
-def _consul_problem(snapshot: Snapshot) -> Problem | None:
+def _synced_message(snapshot: Snapshot | None, outputs: list[dict[str, Any]]) -> str:
+    kinds = sorted({o["kind"] for o in outputs})
+    target = (
+        f"{snapshot.targets} targets from {len(snapshot.groups)} services"
+        if snapshot
+        else "targets"
+    )
+    return f"{target} written to {len(outputs)} {'/'.join(kinds) or 'outputs'} objects"
+
+
+def consul_problem(snapshot: Snapshot) -> Problem | None:
+    """The problem a snapshot shows: the catalog's error, else its failed services."""
     if snapshot.error is not None:
         return Problem(snapshot.error.reason, str(snapshot.error))
-    if snapshot.failed:
-        names = sorted(snapshot.failed)
-        first = snapshot.failed[names[0]]
-        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-        return Problem(
-            REASON_SERVICES_FAILING,
-            f"{len(names)} services failed and keep their previous targets ({shown}); "
-            f"first error: {first}",
-        )
-    return None
-
-
-# ------------------------------------------------------------------------------------- runner
-
-
-async def resolve_endpoint(
-    *, kube: KubeAPI, namespace: str, spec: ConsulDiscoverySpec
-) -> ConsulEndpoint:
-    """The Consul endpoint with credentials read from Secrets in the CR's namespace."""
-    consul = spec.consul
-
-    async def read(ref: SecretKeyRef | None) -> str | None:
-        if ref is None:
-            return None
-        return await kube.read_secret_value(namespace=namespace, name=ref.name, key=ref.key)
-
-    basic_auth = None
-    if consul.basic_auth_secret_ref is not None:
-        ref = consul.basic_auth_secret_ref
-        username = await kube.read_secret_value(
-            namespace=namespace, name=ref.name, key=ref.username_key
-        )
-        password = await kube.read_secret_value(
-            namespace=namespace, name=ref.name, key=ref.password_key
-        )
-        basic_auth = (username, password)
-    tls = consul.tls
-    credentials = Credentials(
-        token=await read(consul.token_secret_ref),
-        basic_auth=basic_auth,
-        ca_pem=await read(tls.ca_secret_ref) if tls else None,
-        cert_pem=await read(tls.cert_secret_ref) if tls else None,
-        key_pem=await read(tls.key_secret_ref) if tls else None,
+    if not snapshot.failed:
+        return None
+    names = sorted(snapshot.failed)
+    first = snapshot.failed[names[0]]
+    reasons = {error.reason for error in snapshot.failed.values()}
+    if len(names) == snapshot.matched and len(reasons) == 1 and is_permanent(first):
+        # Every service refused for one reason (a healthFilter Consul cannot compile): the
+        # query is wrong, not the services.
+        return Problem(first.reason, f"every service failed: {first}")
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return Problem(
+        REASON_SERVICES_FAILING,
+        f"{len(names)} services failed and keep their previous targets ({shown}); "
+        f"first error: {first}",
     )
-    return build_endpoint(consul, credentials)
 
 
-async def _credentials_fingerprint(
-    *, kube: KubeAPI, namespace: str, spec: ConsulDiscoverySpec
-) -> str:
-    """A digest of every Secret value the spec names, to notice rotation without keeping them."""
-    consul = spec.consul
-    refs: list[tuple[str, str]] = []
-    if consul.token_secret_ref:
-        refs.append((consul.token_secret_ref.name, consul.token_secret_ref.key))
-    if consul.basic_auth_secret_ref:
-        ref = consul.basic_auth_secret_ref
-        refs += [(ref.name, ref.username_key), (ref.name, ref.password_key)]
-    if consul.tls:
-        for secret in (
-            consul.tls.ca_secret_ref,
-            consul.tls.cert_secret_ref,
-            consul.tls.key_secret_ref,
-        ):
-            if secret:
-                refs.append((secret.name, secret.key))
-    digest = hashlib.sha256()
-    for name, key in refs:
-        value = await kube.read_secret_value(namespace=namespace, name=name, key=key)
-        digest.update(hashlib.sha256(value.encode()).digest())
-    return digest.hexdigest()
+class GenerationSink:
+    """Where a generation's workers publish: outputs, then status; and what a restart seeds."""
+
+    def __init__(
+        self,
+        *,
+        kube: KubeAPI,
+        ref: DiscoveryRef,
+        generation: int,
+        spec: ConsulDiscoverySpec,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        assert spec.output is not None, "the runner requires an output"
+        self.ref = ref
+        self.outputs = OutputPublisher(kube=kube, ref=ref, output=spec.output)
+        self.status = StatusReporter(kube=kube, ref=ref, generation=generation, clock=clock)
+        self.published = False
+        self.resumed = False
+        # The targets the outputs hold (last written, or read back by resume): a new worker's
+        # starting point.
+        self.seed: Mapping[str, TargetGroup] = {}
+
+    async def resume(self) -> None:
+        self.seed = await self.outputs.resume()
+        self.resumed = True
+
+    async def publish(self, snapshot: Snapshot) -> None:
+        ns, cr = self.ref.namespace, self.ref.name
+        with PROGRESS.publishing(_key(self.ref)):
+            metrics.CYCLES.labels(ns, cr, snapshot.mode).inc()
+            if snapshot.mode == "Polling" and snapshot.duration:
+                metrics.CYCLE_DURATION.labels(ns, cr).observe(snapshot.duration)
+            problem: Problem | None = None
+            synced = is_publishable(snapshot, published_before=self.published)
+            if synced:
+                problem = await self.outputs.write(snapshot.groups)
+                synced = problem is None
+                if synced:
+                    self.published = True
+                    self.seed = snapshot.groups
+                    metrics.TARGETS.labels(ns, cr).set(snapshot.targets)
+            metrics.SERVICES.labels(ns, cr).set(snapshot.matched)
+            metrics.FAILED_SERVICES.labels(ns, cr).set(len(snapshot.failed))
+            await self.status.report(
+                snapshot=snapshot,
+                problem=problem or consul_problem(snapshot),
+                published=self.published,
+                outputs=self.outputs.outputs,
+                synced=synced,
+            )
+
+    async def report_blocked(self, problem: Problem | None) -> None:
+        """Discovery is not running (invalid spec, missing Secret, a failure); outputs stay."""
+        await self.status.report(
+            snapshot=None,
+            problem=problem,
+            published=self.published,
+            outputs=self.outputs.outputs,
+        )
 
 
 def _observer(ref: DiscoveryRef) -> RequestObserver:
+    key = _key(ref)
+
     def observe(*, endpoint: str, outcome: str, seconds: float) -> None:
         metrics.CONSUL_REQUESTS.labels(ref.namespace, ref.name, endpoint, outcome).inc()
+        PROGRESS.step(key)
 
     return observe
 
@@ -474,53 +321,62 @@ async def run_generation(
     spec_data: Mapping[str, Any],
 ) -> None:
     """Run one generation of a ConsulDiscovery until cancelled (by a spec change or deletion)."""
-    publisher = OutputPublisher(kube=kube, ref=ref, generation=generation)
+    reporter = StatusReporter(kube=kube, ref=ref, generation=generation)
     try:
         spec = parse_spec(spec_data, require_output=True)
+        if name_problem := validate_discovery_name(ref.name):
+            raise SpecError([name_problem])
     except SpecError as exc:
-        logger.warning("%s/%s: invalid spec: %s", ref.namespace, ref.name, exc)
-        await publisher.report_blocked(Problem(REASON_INVALID_SPEC, str(exc)))
+        logger.warning("%s: invalid spec: %s", _key(ref), exc)
+        problem = Problem(REASON_INVALID_SPEC, str(exc))
+        await reporter.report(snapshot=None, problem=problem, published=False, outputs=[])
         await asyncio.Event().wait()  # nothing to run until the spec changes
         return
-    publisher.spec = spec
-    rng = random.Random()
+    sink = GenerationSink(kube=kube, ref=ref, generation=generation, spec=spec)
+    allowance = 3 * max(spec.refresh_seconds, spec.watch_seconds) + RESTART_BACKOFF_CAP
+    PROGRESS.track(_key(ref), allowance=allowance)
     failures = 0
-    resumed = False
     while True:
         try:
-            if not resumed:
-                await publisher.resume()
-                resumed = True
-            endpoint = await resolve_endpoint(kube=kube, namespace=ref.namespace, spec=spec)
-            fingerprint = await _credentials_fingerprint(
-                kube=kube, namespace=ref.namespace, spec=spec
-            )
-        except (SecretNotFound, KubeError) as exc:
-            reason = getattr(exc, "reason", "KubernetesError")
-            if not isinstance(reason, str) or not isinstance(exc, SecretNotFound):
-                reason = "KubernetesError"
-            await publisher.report_blocked(Problem(reason, str(exc)))
-            await asyncio.sleep(backoff_delay(failures, base=2.0, cap=BLOCKED_BACKOFF_CAP, rng=rng))
+            await _run_worker(kube=kube, sink=sink, spec=spec)
+            failures = 0
+        except Exception as exc:  # the boundary: every failure ends in status and an event
+            problem = describe_failure(exc)
+            _log_failure(ref, problem, exc)
+            await sink.report_blocked(problem)
+            delay = backoff_delay(failures, base=2.0, cap=RESTART_BACKOFF_CAP, rng=_JITTER)
             failures += 1
-            continue
-        failures = 0
-        query = DiscoveryQuery.from_spec(spec)
-        client = ConsulClient(
-            endpoint=endpoint,
-            max_connections=spec.max_concurrent + 1,
-            observer=_observer(ref),
+            await asyncio.sleep(delay)
+        PROGRESS.step(_key(ref))
+
+
+_JITTER = random.Random()
+
+
+async def _run_worker(*, kube: KubeAPI, sink: GenerationSink, spec: ConsulDiscoverySpec) -> None:
+    """Run the worker until the credentials change (return) or something fails (raise)."""
+    ref = sink.ref
+    if not sink.resumed:
+        await sink.resume()
+        if not sink.published:
+            await sink.report_blocked(None)  # Progressing: the first discovery is under way
+    resolved = await resolve_endpoint(kube=kube, namespace=ref.namespace, consul=spec.consul)
+    query = DiscoveryQuery.from_spec(spec)
+    client = build_client(
+        resolved.endpoint, max_concurrent=spec.max_concurrent, observer=_observer(ref)
+    )
+    async with client:
+        worker = asyncio.create_task(
+            run_discovery(query=query, client=client, publish=sink.publish, seed=sink.seed),
+            name=f"consul-sd worker {_key(ref)}",
         )
-        async with client:
-            worker = asyncio.create_task(
-                run_discovery(query=query, client=client, publish=publisher.publish)
+        try:
+            await _until_credentials_change(
+                kube=kube, ref=ref, spec=spec, fingerprint=resolved.fingerprint, worker=worker
             )
-            try:
-                await _until_credentials_change(
-                    kube=kube, ref=ref, spec=spec, fingerprint=fingerprint, worker=worker
-                )
-            finally:
-                worker.cancel()
-                await asyncio.gather(worker, return_exceptions=True)
+        finally:
+            worker.cancel()
+            await asyncio.gather(worker, return_exceptions=True)
 
 
 async def _until_credentials_change(
@@ -531,16 +387,56 @@ async def _until_credentials_change(
     fingerprint: str,
     worker: asyncio.Task[None],
 ) -> None:
-    """Return when the Secrets changed (the caller restarts the worker); raise if it died."""
+    """Return when the Secrets changed or vanished; raise what the worker raised."""
     while True:
         done, _ = await asyncio.wait({worker}, timeout=SECRET_RECHECK_SECONDS)
         if done:
-            worker.result()  # a bug in the worker: let the daemon log it and restart
-            return
+            worker.result()
+            raise RuntimeError("the discovery worker stopped")
         try:
-            current = await _credentials_fingerprint(kube=kube, namespace=ref.namespace, spec=spec)
-        except (SecretNotFound, KubeError):
+            values = await read_secret_values(
+                kube=kube, namespace=ref.namespace, consul=spec.consul
+            )
+        except (SecretNotFound, SecretInvalid):
             return  # resolved (and reported) again by the caller
-        if current != fingerprint:
-            logger.info("%s/%s: Consul credentials changed; restarting", ref.namespace, ref.name)
+        except KubeError as exc:
+            # An apiserver blip: the worker's credentials are still good, keep it running.
+            logger.info("%s: Secrets not re-read (%s); will try again", _key(ref), exc)
+            continue
+        if secrets_fingerprint(values) != fingerprint:
+            logger.info("%s: Consul credentials changed; restarting the worker", _key(ref))
             return
+
+
+def describe_failure(exc: Exception) -> Problem:
+    """A status reason and message for an exception that reached the runner's boundary."""
+    if isinstance(exc, SecretNotFound):
+        return Problem(REASON_SECRET_NOT_FOUND, str(exc))
+    if isinstance(exc, SecretInvalid):
+        return Problem(REASON_SECRET_INVALID, str(exc))
+    if isinstance(exc, KubeError):
+        return Problem(REASON_KUBERNETES_ERROR, f"Kubernetes API: {exc}")
+    if isinstance(exc, ConsulError):
+        return Problem(exc.reason, str(exc))
+    return Problem(
+        REASON_INTERNAL_ERROR,
+        f"unexpected {type(exc).__name__} at {_where(exc)}; outputs kept, restarting with "
+        "backoff (see the operator log)",
+    )
+
+
+def _where(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "unknown location"
+    frame = frames[-1]
+    return f"{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno} in {frame.name}"
+
+
+def _log_failure(ref: DiscoveryRef, problem: Problem, exc: Exception) -> None:
+    if problem.reason != REASON_INTERNAL_ERROR:
+        logger.warning("%s: %s: %s", _key(ref), problem.reason, problem.message)
+        return
+    # The frames, never the exception's text: its arguments may hold a credential.
+    frames = "".join(traceback.format_list(traceback.extract_tb(exc.__traceback__)))
+    logger.error("%s: %s\n%s", _key(ref), problem.message, frames.rstrip())

@@ -144,6 +144,20 @@ def _prefixed(prefix: str, values: Mapping[str, str]) -> dict[str, str]:
     return {prefix + name: rank[2] for name, rank in chosen.items()}
 
 
+def group_targets(targets: Iterable[Target]) -> TargetGroup:
+    """Targets read back from an output, as one service's group in the builder's order."""
+
+    def order(target: Target) -> tuple[str, str, str]:
+        labels = target.label_dict()
+        node, service_id = labels.get("__meta_consul_node", ""), labels.get(_SERVICE_ID, "")
+        return (node, service_id, target.address)
+
+    return tuple(sorted(set(targets), key=order))
+
+
+_SERVICE_ID = "__meta_consul_service_id"
+
+
 def count_targets(groups: Mapping[str, TargetGroup]) -> int:
     return sum(len(group) for group in groups.values())
 

@@ -52,6 +52,7 @@ from consul_sd.consul import (
     ConsulBadResponse,
     ConsulClient,
     ConsulError,
+    ConsulUnreachable,
     next_index,
 )
 from consul_sd.memory import release_free_memory
@@ -70,6 +71,11 @@ PUBLISH_COALESCE_SECONDS = 1.0
 ERROR_BACKOFF_BASE = 1.0
 # Prometheus sleeps a fixed 15s after a failed watch; we back off up to the same bound.
 ERROR_BACKOFF_CAP = 15.0
+# Every loop reads everything again this often, whatever the indexes say: an index equal to the
+# last one does not prove the content is (a Consul restarted without its data replays the same
+# index sequence with new content). A request that broke (Consul unreachable) triggers a full read
+# at once; this bounds what no request saw.
+FULL_RESYNC_SECONDS = 600.0
 # One generator for every loop's backoff jitter: a Random per loop costs 2.5 KiB each, 17 MiB
 # for 7000 Blocking watches (measured), and jitter needs no per-loop stream.
 _JITTER = random.Random()
@@ -90,6 +96,7 @@ class DiscoveryQuery:
     refresh_interval: float = 30.0
     max_concurrent: int = 100
     watch_timeout: float = 120.0
+    resync_interval: float = FULL_RESYNC_SECONDS
     auto_polling_at: int = AUTO_POLLING_AT
     auto_blocking_below: int = AUTO_BLOCKING_BELOW
 
@@ -195,19 +202,35 @@ class DiscoveryIncomplete(Exception):
         problem = snapshot.problem
         missing = snapshot.matched - len(snapshot.groups)
         detail = f"{problem.reason}: {problem}" if problem else "no answer"
-        super().__init__(f"{missing} of {snapshot.matched} services not discovered ({detail})")
+        if snapshot.error is not None and not snapshot.matched:
+            # Nothing was listed: "0 of 0 services" would hide it; the failed request says what.
+            message = f"discovery failed before any service was listed ({detail})"
+        else:
+            message = f"{missing} of {snapshot.matched} services not discovered ({detail})"
+        super().__init__(message)
         self.snapshot = snapshot
 
 
-async def run_discovery(*, query: DiscoveryQuery, client: ConsulClient, publish: Publish) -> None:
-    """Run the worker for ``query.mode`` until cancelled."""
+async def run_discovery(
+    *,
+    query: DiscoveryQuery,
+    client: ConsulClient,
+    publish: Publish,
+    seed: Mapping[str, TargetGroup] | None = None,
+) -> None:
+    """Run the worker for ``query.mode`` until cancelled.
+
+    ``seed``: the targets the outputs hold already (a restarted worker's last publication, or
+    what an operator restart read back). A service that fails before it answers once keeps its
+    seeded targets instead of holding back the whole snapshot or being dropped.
+    """
     query = await _with_datacenter(query=query, client=client, publish=publish)
     if query.mode == "Polling":
-        await poll_services(query=query, client=client, publish=publish)
+        await poll_services(query=query, client=client, publish=publish, seed=seed)
     elif query.mode == "Blocking":
-        await watch_services(query=query, client=client, publish=publish)
+        await watch_services(query=query, client=client, publish=publish, seed=seed)
     else:
-        await run_auto(query=query, client=client, publish=publish)
+        await run_auto(query=query, client=client, publish=publish, seed=seed)
 
 
 async def discover_once(*, query: DiscoveryQuery, client: ConsulClient) -> Snapshot:
@@ -236,13 +259,36 @@ async def discover_once(*, query: DiscoveryQuery, client: ConsulClient) -> Snaps
 async def _with_datacenter(
     *, query: DiscoveryQuery, client: ConsulClient, publish: Publish
 ) -> DiscoveryQuery:
-    """Fill in the agent's datacenter, as Prometheus does, retrying until Consul answers."""
+    """Fill in the agent's datacenter, as Prometheus does, retrying until Consul answers.
+
+    A token without ``agent:read`` (README's minimal policy) is denied /v1/agent/self, where
+    Prometheus gives up; here the datacenter then comes from the nodes Consul lists, which carry
+    the same value (said once at INFO). A token that sees no node either gets the denial, with
+    what would help.
+    """
     if query.datacenter:
         return query
     failures = 0
     while True:
         try:
-            return replace(query, datacenter=await client.agent_datacenter())
+            try:
+                return replace(query, datacenter=await client.agent_datacenter())
+            except ConsulError as denied:
+                if denied.reason != "ACLDenied":
+                    raise
+                datacenter = await client.catalog_datacenter()
+                if not datacenter:
+                    raise type(denied)(
+                        f"{denied}; and /v1/catalog/nodes shows no node to take the datacenter "
+                        'from: grant the token node_prefix "" read, or set consul.datacenter',
+                        status=denied.status,
+                    ) from None
+                logger.info(
+                    "the token may not read /v1/agent/self (agent:read): datacenter %r taken "
+                    "from /v1/catalog/nodes, the value Prometheus would use",
+                    datacenter,
+                )
+                return replace(query, datacenter=datacenter)
         except ConsulError as error:
             mode: EffectiveMode = "Polling" if query.mode == "Polling" else "Blocking"
             await publish(_cold_failure(error, mode=mode, client=client))
@@ -455,11 +501,18 @@ async def poll_services(
     indexes: dict[str, int] = {}
     failures = 0
     settled: _Settled | None = None
+    resynced = loop.time()
     while True:
         started = loop.time()
+        if started - resynced >= query.resync_interval:
+            # Read and decode every service again, whatever the gate and the indexes say.
+            settled, resynced = None, started
+            indexes.clear()
         try:
             names, services_index = await list_matched_services(query=query, client=client)
         except ConsulError as error:
+            settled = None
+            indexes.clear()
             # The current catalog is unknown: the last known set is shown for status, but never
             # offered as complete (a sink keeps what it wrote).
             await publish(
@@ -519,20 +572,28 @@ async def poll_services(
             horizon = max(gate.services, gate.checks, gate.nodes)
             unsettled = frozenset(name for name in fetched if indexes.get(name, 0) > horizon)
             settled = _Settled(gate=gate, names=names, failed=failed, unsettled=unsettled)
-        await publish(
-            _polled(
-                client=client,
-                started=started,
-                groups=known,
-                complete=complete,
-                matched=len(names),
-                failed=failed,
-            )
+        snapshot = _polled(
+            client=client,
+            started=started,
+            groups=known,
+            complete=complete,
+            matched=len(names),
+            failed=failed,
         )
-        del results, unchanged
+        if connection_broke(snapshot.requests):
+            # Consul may have restarted: its indexes prove nothing until everything was read.
+            settled = None
+            indexes.clear()
+        await publish(snapshot)
+        del results, unchanged, snapshot
         if fetched:
             release_free_memory()
         await asyncio.sleep(max(0.0, started + query.refresh_interval - loop.time()))
+
+
+def connection_broke(requests: Counter[tuple[str, str]]) -> bool:
+    """Whether any of these requests found Consul unreachable (a restart, a partition)."""
+    return any(outcome == ConsulUnreachable.reason for _, outcome in requests)
 
 
 def _polled(
@@ -685,6 +746,7 @@ async def _watch_catalog(
         except ConsulError as error:
             state.catalog_error = error
             state.changed.set()
+            index = 0  # after a failure the next read is plain: Consul may have restarted
             await asyncio.sleep(_error_delay(failures, cap=ERROR_BACKOFF_CAP))
             failures += 1
             continue
@@ -697,7 +759,7 @@ async def _watch_catalog(
         if state.catalog_error is not None:
             state.catalog_error = None
             state.changed.set()
-        if answered != index or not state.listed:
+        if answered != index or not state.listed or set(names) != state.watched:
             reconcile(names)
         index = next_index(previous=index, answered=answered)
         await asyncio.sleep(max(0.0, started + query.refresh_interval - loop.time()))
@@ -744,8 +806,12 @@ async def watch_service(
     loop = asyncio.get_running_loop()
     index = 0
     failures = 0
+    # Spread the watches' periodic full reads over the interval instead of one wave.
+    resynced = loop.time() - _JITTER.uniform(0, query.resync_interval)
     while True:
         started = loop.time()
+        if started - resynced >= query.resync_interval:
+            index, resynced = 0, started  # a plain read, decoded whatever its index says
         try:
             async with slots:
                 group, answered = await fetch_target_group(
@@ -759,6 +825,7 @@ async def watch_service(
         except ConsulError as error:
             state.failed[name] = error
             state.changed.set()
+            index = 0  # after a failure the next read is plain: Consul may have restarted
             await asyncio.sleep(_error_delay(failures, cap=ERROR_BACKOFF_CAP))
             failures += 1
             continue
@@ -794,7 +861,13 @@ async def _publish_changes(*, state: _WatchState, client: ConsulClient, publish:
 # ------------------------------------------------------------------------------------------ Auto
 
 
-async def run_auto(*, query: DiscoveryQuery, client: ConsulClient, publish: Publish) -> None:
+async def run_auto(
+    *,
+    query: DiscoveryQuery,
+    client: ConsulClient,
+    publish: Publish,
+    seed: Mapping[str, TargetGroup] | None = None,
+) -> None:
     """Auto: Blocking below AUTO_POLLING_AT matched services, Polling at or above."""
     failures = 0
     while True:
@@ -806,7 +879,7 @@ async def run_auto(*, query: DiscoveryQuery, client: ConsulClient, publish: Publ
             await asyncio.sleep(_error_delay(failures, cap=ERROR_BACKOFF_CAP))
             failures += 1
     mode = choose_mode(matched=len(names), current=None, query=query)
-    seed: Mapping[str, TargetGroup] = {}
+    seed = dict(seed or {})
     while True:
         switch_to: asyncio.Future[EffectiveMode] = asyncio.get_running_loop().create_future()
 

@@ -128,7 +128,7 @@ async def test_discover_keeps_the_output_file_current_until_sigterm(
         "--mode",
         "blocking",
         "--refresh-interval",
-        "100ms",
+        "1s",
         "--output",
         str(output),
         stderr=asyncio.subprocess.PIPE,

@@ -1,75 +1,41 @@
-"""The OutputPublisher against a fake Kubernetes seam that fails on unexpected calls."""
+"""One generation at run time: the sink's status rules, credentials, and run_generation's loop.
+
+The sink and credentials run against the fake apiserver of ``fake_kube``; run_generation runs
+against it and the Consul simulator in virtual time, so a Secret rotation a minute later or a
+backoff after a failure costs no real time.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
+import logging
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import pytest
 import trustme
 
-from consul_sd.consul import ConsulServerError
-from consul_sd.kube import DiscoveryRef, KubeError, SecretNotFound
-from consul_sd.runner import OutputPublisher, Problem, resolve_endpoint
+from consul_sd import runner
+from consul_sd.consul import ConsulBadRequest, ConsulServerError
+from consul_sd.credentials import resolve_endpoint
+from consul_sd.kube import SecretInvalid, SecretNotFound, decode_secret_value
+from consul_sd.runner import GenerationSink, Problem, run_generation
+from consul_sd.simulator import ConsulSimulator
 from consul_sd.spec import parse_spec
 from consul_sd.workers import Snapshot
+from tests.unit.fake_kube import REF, FakeKube
 from tests.unit.test_outputs import fleet
 
-REF = DiscoveryRef(namespace="ns", name="cr", uid="uid-1")
+SPEC = {"consul": {"server": "c:8500"}, "output": {"configMap": {"name": "cr"}}}
 
 
-class FakeKube:
-    """Records writes; every method the test did not expect raises."""
-
-    def __init__(self, *, existing: list[dict[str, Any]] | None = None) -> None:
-        self.existing = existing or []
-        self.applied: list[tuple[str, str, Mapping[str, Any]]] = []
-        self.deleted: list[tuple[str, str]] = []
-        self.statuses: list[Mapping[str, Any]] = []
-        self.events: list[tuple[str, str]] = []
-        self.fail_apply: KubeError | None = None
-
-    async def list_config_maps(self, *, namespace: str, discovery: str) -> list[dict[str, Any]]:
-        assert (namespace, discovery) == ("ns", "cr")
-        return self.existing
-
-    async def list_scrape_configs(self, *, namespace: str, discovery: str) -> list[dict[str, Any]]:
-        return []
-
-    async def apply_config_map(
-        self, *, owner: DiscoveryRef, name: str, data: Mapping[str, str], labels: Mapping[str, str]
-    ) -> None:
-        if self.fail_apply is not None:
-            raise self.fail_apply
-        assert owner == REF
-        assert labels["consul-sd.io/discovery"] == "cr"
-        self.applied.append(("ConfigMap", name, data))
-
-    async def apply_scrape_config(self, **kwargs: Any) -> None:
-        raise AssertionError("unexpected ScrapeConfig write")
-
-    async def delete_output(self, *, namespace: str, kind: str, name: str) -> None:
-        self.deleted.append((kind, name))
-
-    async def patch_status(self, *, ref: DiscoveryRef, status: Mapping[str, Any]) -> None:
-        self.statuses.append(status)
-
-    async def post_event(self, *, ref: DiscoveryRef, kind: str, reason: str, message: str) -> None:
-        self.events.append((kind, reason))
-
-    async def read_secret_value(self, *, namespace: str, name: str, key: str) -> str:
-        raise AssertionError("unexpected Secret read")
-
-
-def publisher(kube: FakeKube) -> OutputPublisher:
-    pub = OutputPublisher(kube=kube, ref=REF, generation=3)
-    pub.spec = parse_spec(
-        {"consul": {"server": "c:8500"}, "output": {"configMap": {"name": "cr"}}},
-        require_output=True,
+def sink_for(kube: FakeKube) -> GenerationSink:
+    return GenerationSink(
+        kube=kube, ref=REF, generation=3, spec=parse_spec(SPEC, require_output=True)
     )
-    return pub
 
 
 def snapshot(services: int, **kwargs: Any) -> Snapshot:
@@ -82,14 +48,20 @@ def condition(status: Mapping[str, Any], kind: str) -> dict[str, Any]:
     return next(c for c in status["conditions"] if c["type"] == kind)
 
 
+def writes(kube: FakeKube) -> list[tuple[str, str, str]]:
+    return [call for call in kube.calls if call[0] in ("create", "apply", "delete")]
+
+
+# ------------------------------------------------------------------------------- the sink
+
+
 async def test_nothing_is_written_before_the_first_complete_snapshot() -> None:
     kube = FakeKube()
-    pub = publisher(kube)
-    await pub.resume()
+    sink = sink_for(kube)
+    await sink.resume()
     error = ConsulServerError("/v1/catalog/services: HTTP 500: boom", status=500)
-    await pub.publish(Snapshot(groups={}, mode="Polling", complete=False, matched=0, error=error))
-    assert kube.applied == []
-    assert kube.deleted == []
+    await sink.publish(Snapshot(groups={}, mode="Polling", complete=False, matched=0, error=error))
+    assert writes(kube) == []
     status = kube.statuses[-1]
     assert condition(status, "Ready")["status"] == "False"
     assert condition(status, "Ready")["reason"] == "ConsulServerError"
@@ -98,18 +70,28 @@ async def test_nothing_is_written_before_the_first_complete_snapshot() -> None:
     assert kube.events == [("Warning", "ConsulServerError")]
 
 
+async def test_an_incomplete_snapshot_without_an_error_is_not_written_either() -> None:
+    kube = FakeKube()
+    sink = sink_for(kube)
+    await sink.resume()
+    await sink.publish(snapshot(4, complete=False, matched=5))
+    assert writes(kube) == []
+    assert condition(kube.statuses[-1], "Ready")["reason"] == "FirstSyncPending"
+
+
 async def test_a_complete_snapshot_is_written_and_marks_ready() -> None:
     kube = FakeKube()
-    pub = publisher(kube)
-    await pub.resume()
-    await pub.publish(snapshot(10))
-    assert [name for _, name, _ in kube.applied] == ["cr-0"]
-    (data,) = kube.applied[0][2].values()
+    sink = sink_for(kube)
+    await sink.resume()
+    await sink.publish(snapshot(10))
+    assert writes(kube) == [("create", "ConfigMap", "cr-0")]
+    (data,) = kube.objects[("ConfigMap", "cr-0")]["data"].values()
     assert len(json.loads(data)) == 30
     status = kube.statuses[-1]
     assert condition(status, "Ready")["status"] == "True"
     assert condition(status, "Degraded")["status"] == "False"
     assert status["targets"] == 30
+    assert "lastSyncTime" in status
     assert status["outputs"] == [
         {"kind": "ConfigMap", "name": "cr-0", "targets": 30, "bytes": len(data.encode())}
     ]
@@ -117,63 +99,35 @@ async def test_a_complete_snapshot_is_written_and_marks_ready() -> None:
 
 async def test_unchanged_bytes_are_not_rewritten() -> None:
     kube = FakeKube()
-    pub = publisher(kube)
-    await pub.resume()
-    await pub.publish(snapshot(10))
-    await pub.publish(snapshot(10))
-    assert len(kube.applied) == 1
+    sink = sink_for(kube)
+    await sink.resume()
+    await sink.publish(snapshot(10))
+    await sink.publish(snapshot(10))
+    assert len(writes(kube)) == 1
 
 
-async def test_a_restart_rewrites_nothing_that_is_current() -> None:
-    first = FakeKube()
-    pub = publisher(first)
-    await pub.resume()
-    await pub.publish(snapshot(10))
-    (_, name, data) = first.applied[0]
-    labels = {"consul-sd.io/discovery": "cr", "app.kubernetes.io/managed-by": "consul-sd-operator"}
-    existing = [{"metadata": {"name": name, "labels": labels}, "data": dict(data)}]
-    second = FakeKube(existing=existing)
-    restarted = publisher(second)
-    await restarted.resume()
-    await restarted.publish(snapshot(10))
-    assert second.applied == []
-    assert second.deleted == []
-
-
-async def test_outputs_no_longer_wanted_are_deleted_after_the_new_set_is_written() -> None:
-    stale = [{"metadata": {"name": "old-7", "labels": {}}, "data": {"old-7.json": "[]"}}]
-    kube = FakeKube(existing=stale)
-    pub = publisher(kube)
-    await pub.resume()
-    await pub.publish(snapshot(5))
-    assert kube.applied[0][1] == "cr-0"
-    assert kube.deleted == [("ConfigMap", "old-7")]
-
-
-async def test_an_oversize_write_keeps_the_previous_outputs_and_says_why() -> None:
+async def test_an_oversize_write_keeps_ready_and_degrades_with_the_reason() -> None:
     kube = FakeKube()
-    pub = publisher(kube)
-    await pub.resume()
-    await pub.publish(snapshot(5))
-    kube.fail_apply = KubeError("HTTP 422: Too long: must have at most 1048576 bytes", status=422)
-    await pub.publish(snapshot(6))
+    sink = sink_for(kube)
+    await sink.resume()
+    await sink.publish(snapshot(5))
+    kube.refuse = lambda *_: runner.KubeError("HTTP 422: Too long: at most 1048576", status=422)
+    await sink.publish(snapshot(6))
     status = kube.statuses[-1]
     assert condition(status, "Degraded")["reason"] == "OutputTooLarge"
-    assert "Too long" in condition(status, "Degraded")["message"]
     assert condition(status, "Ready")["status"] == "True"  # the previous outputs still hold
-    assert kube.deleted == []
     assert ("Warning", "OutputTooLarge") in kube.events
 
 
 async def test_events_mark_transitions_not_every_cycle() -> None:
     kube = FakeKube()
-    pub = publisher(kube)
-    await pub.resume()
-    await pub.publish(snapshot(5))
+    sink = sink_for(kube)
+    await sink.resume()
+    await sink.publish(snapshot(5))
     error = ConsulServerError("boom", status=500)
     for _ in range(3):
-        await pub.publish(snapshot(5, complete=False, error=error))
-    await pub.publish(snapshot(5))
+        await sink.publish(snapshot(5, complete=False, error=error))
+    await sink.publish(snapshot(5))
     assert Counter(kube.events) == Counter(
         {("Warning", "ConsulServerError"): 1, ("Normal", "Recovered"): 1}
     )
@@ -181,79 +135,276 @@ async def test_events_mark_transitions_not_every_cycle() -> None:
 
 async def test_failed_services_degrade_with_their_names() -> None:
     kube = FakeKube()
-    pub = publisher(kube)
-    await pub.resume()
+    sink = sink_for(kube)
+    await sink.resume()
     failed = {"svc-00001": ConsulServerError("HTTP 500", status=500)}
-    await pub.publish(snapshot(5, failed=failed))
+    await sink.publish(snapshot(5, failed=failed))
     degraded = condition(kube.statuses[-1], "Degraded")
     assert degraded["reason"] == "ServicesFailing"
     assert "svc-00001" in degraded["message"]
 
 
+async def test_every_service_refused_for_one_reason_is_that_reason_not_services_failing() -> None:
+    """A healthFilter Consul cannot compile fails every service with the same 400."""
+    kube = FakeKube()
+    sink = sink_for(kube)
+    await sink.resume()
+    refusal = ConsulBadRequest("HTTP 400: filter: bad expression", status=400)
+    failed = {f"svc-{i:05d}": refusal for i in range(3)}
+    await sink.publish(
+        Snapshot(groups={}, mode="Polling", complete=False, matched=3, failed=failed)
+    )
+    degraded = condition(kube.statuses[-1], "Degraded")
+    assert degraded["reason"] == "ConsulBadRequest"
+    assert "bad expression" in degraded["message"]
+
+
 @pytest.mark.parametrize("reason", ["InvalidSpec", "SecretNotFound"])
 async def test_a_blocked_start_reports_ready_false_with_the_reason(reason: str) -> None:
     kube = FakeKube()
-    pub = publisher(kube)
-    await pub.report_blocked(Problem(reason, "what to fix"))
+    sink = sink_for(kube)
+    await sink.report_blocked(Problem(reason, "what to fix"))
     ready = condition(kube.statuses[-1], "Ready")
     assert (ready["status"], ready["reason"], ready["message"]) == ("False", reason, "what to fix")
 
 
-class SecretKube(FakeKube):
-    def __init__(self, secrets: dict[tuple[str, str], str]) -> None:
-        super().__init__()
-        self.secrets = secrets
-        self.reads: list[tuple[str, str, str]] = []
+# ---------------------------------------------------------------------------- credentials
 
-    async def read_secret_value(self, *, namespace: str, name: str, key: str) -> str:
-        self.reads.append((namespace, name, key))
-        return self.secrets[(name, key)]
+TLS_SPEC = {
+    "server": "consul:8501",
+    "scheme": "https",
+    "tokenSecretRef": {"name": "consul", "key": "token"},
+    "tls": {
+        "caSecretRef": {"name": "tls", "key": "ca.crt"},
+        "certSecretRef": {"name": "tls", "key": "tls.crt"},
+        "keySecretRef": {"name": "tls", "key": "tls.key"},
+        "serverName": "consul.service",
+    },
+}
 
 
-async def test_credentials_and_tls_come_from_secrets_in_the_crs_namespace() -> None:
+def tls_secrets(**override: str) -> dict[tuple[str, str], str]:
     authority = trustme.CA()
     leaf = authority.issue_cert("consul-sd")
-    kube = SecretKube(
-        {
-            ("consul", "token"): "tok-123\n",
-            ("tls", "ca.crt"): authority.cert_pem.bytes().decode(),
-            ("tls", "tls.crt"): leaf.cert_chain_pems[0].bytes().decode(),
-            ("tls", "tls.key"): leaf.private_key_pem.bytes().decode(),
-        }
-    )
-    spec = parse_spec(
-        {
-            "consul": {
-                "server": "consul:8501",
-                "scheme": "https",
-                "tokenSecretRef": {"name": "consul", "key": "token"},
-                "tls": {
-                    "caSecretRef": {"name": "tls", "key": "ca.crt"},
-                    "certSecretRef": {"name": "tls", "key": "tls.crt"},
-                    "keySecretRef": {"name": "tls", "key": "tls.key"},
-                    "serverName": "consul.service",
-                },
-            }
-        }
-    )
-    endpoint = await resolve_endpoint(kube=kube, namespace="ns", spec=spec)
+    secrets = {
+        ("consul", "token"): "tok-123\n",
+        ("tls", "ca.crt"): authority.cert_pem.bytes().decode(),
+        ("tls", "tls.crt"): leaf.cert_chain_pems[0].bytes().decode(),
+        ("tls", "tls.key"): leaf.private_key_pem.bytes().decode(),
+    }
+    for key, value in override.items():
+        secrets[("tls" if key != "token" else "consul", key.replace("_", "."))] = value
+    return secrets
+
+
+async def test_credentials_and_tls_come_from_secrets_in_the_crs_namespace_read_once() -> None:
+    kube = FakeKube(secrets=tls_secrets())
+    consul = parse_spec({"consul": TLS_SPEC}).consul
+    resolved = await resolve_endpoint(kube=kube, namespace="ns", consul=consul)
+    endpoint = resolved.endpoint
     assert endpoint.token == "tok-123"
     assert endpoint.server_name == "consul.service"
     assert endpoint.ssl_context is not None
     assert endpoint.ssl_context.verify_mode.name == "CERT_REQUIRED"
-    assert {namespace for namespace, _, _ in kube.reads} == {"ns"}
-    assert "tok-123" not in repr(endpoint)
+    assert sorted(kube.secret_reads) == sorted(
+        [("ns", "consul", "token"), ("ns", "tls", "ca.crt"), ("ns", "tls", "tls.crt")]
+        + [("ns", "tls", "tls.key")]
+    )
+    assert "tok-123" not in repr(endpoint) + repr(resolved)
 
 
 async def test_a_missing_secret_raises_secret_not_found() -> None:
-    kube = FakeKube()
-
-    async def missing(*, namespace: str, name: str, key: str) -> str:
-        raise SecretNotFound(f"Secret {namespace}/{name} not found")
-
-    kube.read_secret_value = missing  # type: ignore[method-assign]
-    spec = parse_spec(
+    consul = parse_spec(
         {"consul": {"server": "c:8500", "tokenSecretRef": {"name": "gone", "key": "token"}}}
-    )
+    ).consul
     with pytest.raises(SecretNotFound, match="ns/gone"):
-        await resolve_endpoint(kube=kube, namespace="ns", spec=spec)
+        await resolve_endpoint(kube=FakeKube(), namespace="ns", consul=consul)
+
+
+SECRET_BYTES = "s3cr3t-value"
+
+
+@pytest.mark.parametrize(
+    ("secrets", "consul", "problem"),
+    [
+        pytest.param(
+            {("t", "token"): f"abc\n{SECRET_BYTES}"},
+            {"tokenSecretRef": {"name": "t", "key": "token"}},
+            "Secret ns/t key 'token'",
+            id="token with an inner newline",
+        ),
+        pytest.param(
+            {("b", "username"): f"me:{SECRET_BYTES}", ("b", "password"): "pw"},
+            {"basicAuthSecretRef": {"name": "b"}},
+            "Secret ns/b (basic auth)",
+            id="username with a colon",
+        ),
+        pytest.param(
+            {("b", "username"): "me", ("b", "password"): f"{SECRET_BYTES}\u20ac"},
+            {"basicAuthSecretRef": {"name": "b"}},
+            "Secret ns/b (basic auth)",
+            id="password outside latin-1",
+        ),
+        pytest.param(
+            {("c", "ca.crt"): f"not a certificate {SECRET_BYTES}"},
+            {"scheme": "https", "tls": {"caSecretRef": {"name": "c", "key": "ca.crt"}}},
+            "TLS material from Secret(s) c/ca.crt",
+            id="CA that is not PEM",
+        ),
+    ],
+)
+async def test_an_unusable_secret_value_is_secret_invalid_without_its_bytes(
+    secrets: dict[tuple[str, str], str], consul: dict[str, Any], problem: str
+) -> None:
+    config = parse_spec({"consul": {"server": "c:8500", **consul}}).consul
+    with pytest.raises(SecretInvalid) as raised:
+        await resolve_endpoint(kube=FakeKube(secrets=secrets), namespace="ns", consul=config)
+    assert problem in str(raised.value)
+    assert SECRET_BYTES not in str(raised.value)
+    assert (
+        raised.value.__cause__ is None
+        and raised.value.__context__ is None
+        or (SECRET_BYTES not in repr(raised.value.__context__))
+    )
+
+
+def test_a_secret_that_is_not_utf8_is_secret_invalid_naming_the_byte_not_the_value() -> None:
+    encoded = base64.b64encode(b"\xff" + SECRET_BYTES.encode()).decode()
+    with pytest.raises(SecretInvalid, match=r"is not UTF-8 text \(byte 0\)") as raised:
+        decode_secret_value(encoded, where="Secret ns/t key 'token'")
+    assert SECRET_BYTES not in str(raised.value)
+
+
+# ------------------------------------------------------------------------- run_generation
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[ConsulSimulator]:
+    async with ConsulSimulator(jitter=False) as simulator:
+        simulator.generate(services=5, instances=1, nodes=2)
+        yield simulator
+
+
+def generation_spec(sim: ConsulSimulator, mode: str) -> dict[str, Any]:
+    return {
+        "consul": {
+            "server": sim.address,
+            "datacenter": "dc1",
+            "tokenSecretRef": {"name": "consul", "key": "token"},
+        },
+        "mode": mode,
+        "refreshInterval": "5s",
+        "output": {"configMap": {"name": "cr"}},
+    }
+
+
+def held_services(kube: FakeKube) -> set[str]:
+    services = set()
+    for item in kube.objects.values():
+        for text in item["data"].values():
+            services |= {e["labels"]["__meta_consul_service"] for e in json.loads(text)}
+    return services
+
+
+async def until(predicate: Any, *, timeout: float = 600) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(1)
+
+
+async def stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+@pytest.mark.looptime
+@pytest.mark.parametrize("mode", ["Polling", "Blocking"])
+async def test_a_rotated_secret_while_a_service_fails_keeps_that_services_targets(
+    sim: ConsulSimulator, mode: str
+) -> None:
+    kube = FakeKube(secrets={("consul", "token"): "first"})
+    task = asyncio.create_task(
+        run_generation(kube=kube, ref=REF, generation=1, spec_data=generation_spec(sim, mode))
+    )
+    try:
+        everything = set(sim.catalog.service_names())
+        await until(lambda: held_services(kube) == everything)
+        failing = sorted(everything)[0]
+        sim.faults.fail_services = {failing}
+        kube.secrets[("consul", "token")] = "rotated"
+        reads = len(kube.secret_reads)
+        await until(lambda: len(kube.secret_reads) > reads + 1)  # re-read, then resolved again
+        await asyncio.sleep(3 * 5)  # a few cycles of the new worker
+        assert held_services(kube) == everything
+        assert condition(kube.statuses[-1], "Degraded")["reason"] == "ServicesFailing"
+    finally:
+        await stop(task)
+
+
+@pytest.mark.looptime
+async def test_after_a_restart_a_failing_service_keeps_its_targets_and_the_rest_update(
+    sim: ConsulSimulator,
+) -> None:
+    kube = FakeKube(secrets={("consul", "token"): "t"})
+    spec = generation_spec(sim, "Polling")
+    first = asyncio.create_task(run_generation(kube=kube, ref=REF, generation=1, spec_data=spec))
+    everything = set(sim.catalog.service_names())
+    await until(lambda: held_services(kube) == everything)
+    await stop(first)
+    failing, changed = sorted(everything)[:2]
+    sim.faults.fail_services = {failing}
+    sim.register({"Node": "node-new", "Address": "10.9.9.9", "Service": {"Service": changed}})
+    restarted = asyncio.create_task(
+        run_generation(kube=kube, ref=REF, generation=1, spec_data=spec)
+    )
+    try:
+        await until(lambda: "10.9.9.9:0" in json.dumps(list(kube.objects.values())))
+        assert held_services(kube) == everything
+    finally:
+        await stop(restarted)
+
+
+@pytest.mark.looptime
+async def test_an_unexpected_exception_ends_in_status_and_an_event_and_never_logs_its_text(
+    sim: ConsulSimulator, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls = 0
+
+    async def broken(**_: Any) -> None:
+        nonlocal calls
+        calls += 1
+        raise UnicodeDecodeError("utf-8", SECRET_BYTES.encode(), 0, 1, "invalid start byte")
+
+    monkeypatch.setattr(runner, "run_discovery", broken)
+    kube = FakeKube(secrets={("consul", "token"): "t"})
+    caplog.set_level(logging.DEBUG)
+    task = asyncio.create_task(
+        run_generation(kube=kube, ref=REF, generation=1, spec_data=generation_spec(sim, "Polling"))
+    )
+    try:
+        await until(lambda: calls >= 3, timeout=300)
+    finally:
+        await stop(task)
+    ready = condition(kube.statuses[-1], "Ready")
+    assert ready["reason"] == "InternalError"
+    assert "UnicodeDecodeError" in ready["message"]
+    assert kube.events.count(("Warning", "InternalError")) == 1
+    assert "ns/cr" in caplog.text
+    assert SECRET_BYTES not in caplog.text + json.dumps(kube.statuses)
+
+
+@pytest.mark.looptime
+async def test_a_name_that_cannot_be_a_label_value_is_an_invalid_spec(sim: ConsulSimulator) -> None:
+    kube = FakeKube()
+    long_ref = runner.DiscoveryRef(namespace="ns", name="x" * 64, uid="u")
+    task = asyncio.create_task(
+        run_generation(
+            kube=kube, ref=long_ref, generation=1, spec_data=generation_spec(sim, "Polling")
+        )
+    )
+    try:
+        await until(lambda: bool(kube.statuses))
+    finally:
+        await stop(task)
+    assert condition(kube.statuses[-1], "Ready")["reason"] == "InvalidSpec"
+    assert writes(kube) == []

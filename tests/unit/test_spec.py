@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import itertools
+import re
 from typing import Any
 
 import pytest
 
-from consul_sd.spec import SpecError, parse_spec
+from consul_sd.crd import spec_schema
+from consul_sd.spec import SpecError, parse_spec, validate_discovery_name
 from consul_sd.workers import DiscoveryQuery
 
 MINIMAL: dict[str, Any] = {"consul": {"server": "consul.consul.svc:8500"}}
@@ -67,10 +70,51 @@ def test_watch_timeout_is_capped_at_consuls_ten_minutes() -> None:
     assert parse_spec({**MINIMAL, "watchTimeout": "10m"}).watch_seconds == 600
 
 
-def test_a_zero_refresh_interval_is_rejected() -> None:
-    assert problems({**MINIMAL, "refreshInterval": "0s"}) == [
-        "spec.refreshInterval: must be greater than 0s"
+@pytest.mark.parametrize("interval", ["0s", "1ms", "999ms", "0m0s500ms"])
+def test_a_refresh_interval_below_one_second_is_rejected(interval: str) -> None:
+    assert problems({**MINIMAL, "refreshInterval": interval}) == [
+        "spec.refreshInterval: must be at least 1s"
     ]
+
+
+def test_a_refresh_interval_of_one_second_is_the_floor() -> None:
+    assert parse_spec({**MINIMAL, "refreshInterval": "1s"}).refresh_seconds == 1
+    assert parse_spec({**MINIMAL, "refreshInterval": "1000ms"}).refresh_seconds == 1
+
+
+def test_the_crd_refuses_exactly_the_refresh_intervals_the_model_refuses() -> None:
+    (rule,) = spec_schema()["properties"]["refreshInterval"]["x-kubernetes-validations"]
+    assert rule["message"] == "must be at least 1s"
+    below = re.fullmatch(r"!self\.matches\('(.*)'\)", rule["rule"])
+    assert below is not None
+    units = ("y", "w", "d", "h", "m", "s", "ms")
+    # Every duration with each unit absent, 0, 1, or near a boundary: the CEL rule (RE2, same
+    # semantics as Python's re for this pattern) must agree with the model on each.
+    for amounts in itertools.product([None, "0", "1"], repeat=6):
+        for ms in (None, "0", "1", "999", "0999", "1000", "1500"):
+            text = "".join(f"{n}{u}" for n, u in zip((*amounts, ms), units, strict=True) if n)
+            if not text:
+                continue
+            model_refuses = bool(
+                [p for p in _problems_or_none(text) if p.startswith("spec.refreshInterval")]
+            )
+            assert (re.match(below.group(1), text) is not None) == model_refuses, text
+
+
+def _problems_or_none(interval: str) -> list[str]:
+    try:
+        parse_spec({**MINIMAL, "refreshInterval": interval})
+    except SpecError as error:
+        return error.problems
+    return []
+
+
+def test_a_name_longer_than_a_label_value_is_a_problem() -> None:
+    assert validate_discovery_name("a" * 63) is None
+    assert validate_discovery_name("team-a") is None
+    assert validate_discovery_name("a" * 64) == (
+        "metadata.name: 64 characters, at most 63 (the name is a label value on the outputs)"
+    )
 
 
 def test_cross_field_rules_name_their_object() -> None:
