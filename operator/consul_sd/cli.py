@@ -143,6 +143,9 @@ def add_discover_arguments(parser: argparse.ArgumentParser) -> None:
     engine.add_argument("--refresh-interval")
     engine.add_argument("--watch-timeout")
     engine.add_argument(
+        "--resync-interval", help="read every target again this often whatever the indexes say"
+    )
+    engine.add_argument(
         "--spec",
         type=Path,
         help="a ConsulDiscovery YAML (CR or spec); a multi-document file (kubectl style) is "
@@ -214,6 +217,7 @@ def load_spec(args: argparse.Namespace) -> ConsulDiscoverySpec:
         maxConcurrent=args.max_concurrent,
         refreshInterval=args.refresh_interval,
         watchTimeout=args.watch_timeout,
+        resyncInterval=args.resync_interval,
     )
     if "server" not in consul:
         raise UsageError("--server is required (or spec.consul.server in --spec)")

@@ -30,6 +30,8 @@ MAX_WATCH_TIMEOUT = 600.0  # Consul caps a blocking wait at 10m.
 # Below one second a CR turns into a request storm (1ms gave 878 requests/s to a 14-service
 # fleet) for no fresher targets: Prometheus's own refresh floor is in seconds too.
 MIN_REFRESH_INTERVAL = 1.0
+# Below a minute a full read would be most of the load a quiet fleet puts on Consul.
+MIN_RESYNC_INTERVAL = 60.0
 # A CR's name is the value of labels on its outputs and metrics; label values stop at 63.
 MAX_DISCOVERY_NAME = 63
 # Durations shorter than 1s, for the CRD's CEL rule (RE2): every unit above ms zero, ms < 1000.
@@ -325,6 +327,12 @@ class ConsulDiscoverySpec(_Model):
     watch_timeout: Duration = Field(
         default="2m", description="Blocking query wait; Consul caps it at 10m."
     )
+    resync_interval: Duration = Field(
+        default="10m",
+        description="Every target is read again this often whatever Consul's indexes say "
+        "(a Consul restarted without its data replays the same indexes with new content). "
+        "At least 1m.",
+    )
     tag_separator: str = Field(
         default=",",
         max_length=16,
@@ -343,6 +351,13 @@ class ConsulDiscoverySpec(_Model):
             raise ValueError("must be at least 1s")
         return value
 
+    @field_validator("resync_interval")
+    @classmethod
+    def _resync_interval_at_least_one_minute(cls, value: str) -> str:
+        if parse_duration(value) < MIN_RESYNC_INTERVAL:
+            raise ValueError("must be at least 1m")
+        return value
+
     @field_validator("refresh_interval")
     @classmethod
     def _refresh_interval_at_least_one_second(cls, value: str) -> str:
@@ -357,6 +372,10 @@ class ConsulDiscoverySpec(_Model):
     @property
     def watch_seconds(self) -> float:
         return parse_duration(self.watch_timeout)
+
+    @property
+    def resync_seconds(self) -> float:
+        return parse_duration(self.resync_interval)
 
 
 class SpecError(ValueError):

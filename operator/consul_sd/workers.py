@@ -115,6 +115,7 @@ class DiscoveryQuery:
             refresh_interval=spec.refresh_seconds,
             max_concurrent=spec.max_concurrent,
             watch_timeout=spec.watch_seconds,
+            resync_interval=spec.resync_seconds,
         )
 
     @property

@@ -408,3 +408,31 @@ async def test_a_name_that_cannot_be_a_label_value_is_an_invalid_spec(sim: Consu
         await stop(task)
     assert condition(kube.statuses[-1], "Ready")["reason"] == "InvalidSpec"
     assert writes(kube) == []
+
+
+@pytest.mark.looptime
+async def test_an_apiserver_blip_while_rechecking_secrets_does_not_restart_the_worker(
+    sim: ConsulSimulator,
+) -> None:
+    """A restarted worker would fetch every service again; a quiet fleet costs three requests."""
+    kube = FakeKube(secrets={("consul", "token"): "t"})
+    task = asyncio.create_task(
+        run_generation(
+            kube=kube, ref=REF, generation=1, spec_data=generation_spec(sim, "Polling")
+        )
+    )
+    try:
+        everything = set(sim.catalog.service_names())
+        await until(lambda: held_services(kube) == everything)
+        await asyncio.sleep(10)  # settled: quiet cycles fetch no service
+        sim.counters.reset()
+
+        async def blip(*, namespace: str, name: str, key: str) -> str:
+            raise runner.KubeError("apiserver unreachable: ProtocolError", status=0)
+
+        kube.read_secret_value = blip  # type: ignore[method-assign]
+        await asyncio.sleep(3 * runner.SECRET_RECHECK_SECONDS)
+        assert sim.counters.requests.get("health_service", 0) == 0
+        assert condition(kube.statuses[-1], "Degraded")["status"] == "False"
+    finally:
+        await stop(task)
