@@ -435,3 +435,22 @@ async def test_an_apiserver_blip_while_rechecking_secrets_does_not_restart_the_w
         assert condition(kube.statuses[-1], "Degraded")["status"] == "False"
     finally:
         await stop(task)
+
+
+@pytest.mark.looptime
+async def test_a_long_first_discovery_shows_progressing_before_it_ends(
+    sim: ConsulSimulator,
+) -> None:
+    sim.faults.latency = 60.0  # every Consul answer takes a minute
+    kube = FakeKube(secrets={("consul", "token"): "t"})
+    task = asyncio.create_task(
+        run_generation(kube=kube, ref=REF, generation=1, spec_data=generation_spec(sim, "Polling"))
+    )
+    try:
+        await asyncio.sleep(5)
+        assert kube.statuses, "no status while the first discovery runs"
+        progressing = condition(kube.statuses[-1], "Progressing")
+        assert (progressing["status"], progressing["reason"]) == ("True", "FirstSyncPending")
+        assert writes(kube) == []
+    finally:
+        await stop(task)
