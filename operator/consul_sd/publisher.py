@@ -266,7 +266,7 @@ class OutputPublisher:
             return Problem(REASON_OUTPUT_CONFLICT, str(conflict))
         except KubeError as exc:
             metrics.OUTPUT_WRITES.labels(ns, cr, item.kind, "error").inc()
-            reason = REASON_OUTPUT_TOO_LARGE if exc.status in (413, 422) else None
+            reason = REASON_OUTPUT_TOO_LARGE if _is_size_refusal(exc) else None
             return Problem(
                 reason or REASON_OUTPUT_WRITE_FAILED,
                 f"writing {item.kind} {ns}/{item.name}: {exc}",
@@ -335,6 +335,14 @@ class OutputPublisher:
     def _describe(self, item: _Planned) -> dict[str, Any]:
         size = self._held[item.key].size
         return {"kind": item.kind, "name": item.name, "targets": len(item.members), "bytes": size}
+
+
+def _is_size_refusal(exc: KubeError) -> bool:
+    """413, or a 422 / 500 whose message is about size (Too long, request is too large)."""
+    if exc.status == 413:
+        return True
+    text = str(exc).lower()
+    return exc.status in (422, 500) and ("too long" in text or "too large" in text)
 
 
 class _Conflict(Exception):

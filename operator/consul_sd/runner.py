@@ -29,6 +29,7 @@ import random
 import time
 import traceback
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from consul_sd import metrics
@@ -108,14 +109,11 @@ class StatusReporter:
         *,
         snapshot: Snapshot | None,
         problem: Problem | None,
-        published: bool,
-        outputs: list[dict[str, Any]],
+        written: Written | None,
         synced: bool = False,
     ) -> None:
-        """Status for the current state; ``synced``: this snapshot was just written."""
-        self._set_conditions(
-            snapshot=snapshot, problem=problem, published=published, outputs=outputs
-        )
+        """Status for the current state; ``synced``: ``snapshot`` was just written."""
+        self._set_conditions(problem=problem, written=written)
         await self._announce(problem)
         status: dict[str, Any] = {
             "observedGeneration": self.generation,
@@ -128,26 +126,18 @@ class StatusReporter:
                 failedServices=len(snapshot.failed),
                 consulRequests=sum(snapshot.requests.values()),
             )
-            if published:
-                status["targets"] = snapshot.targets
             if snapshot.duration:
                 status["lastSyncDuration"] = format_duration(snapshot.duration)
             if synced:
                 status["lastSyncTime"] = _now()
-        if published:
-            status["outputs"] = outputs
+        if written is not None:
+            status["targets"] = written.targets
+            status["outputs"] = written.outputs
         await self._patch_status(status)
 
-    def _set_conditions(
-        self,
-        *,
-        snapshot: Snapshot | None,
-        problem: Problem | None,
-        published: bool,
-        outputs: list[dict[str, Any]],
-    ) -> None:
-        if published:
-            message = _synced_message(snapshot, outputs)
+    def _set_conditions(self, *, problem: Problem | None, written: Written | None) -> None:
+        if written is not None:
+            message = written.describe()
             self._set("Ready", value="True", reason=REASON_SYNCED, message=message)
             self._set("Progressing", value="False", reason=REASON_SYNCED, message="")
         else:
@@ -211,14 +201,20 @@ class StatusReporter:
 _VOLATILE = frozenset({"lastSyncTime", "lastSyncDuration", "consulRequests"})
 
 
-def _synced_message(snapshot: Snapshot | None, outputs: list[dict[str, Any]]) -> str:
-    kinds = sorted({o["kind"] for o in outputs})
-    target = (
-        f"{snapshot.targets} targets from {len(snapshot.groups)} services"
-        if snapshot
-        else "targets"
-    )
-    return f"{target} written to {len(outputs)} {'/'.join(kinds) or 'outputs'} objects"
+@dataclass(frozen=True)
+class Written:
+    """What the outputs hold since the last successful write: the status's figures."""
+
+    targets: int
+    services: int
+    outputs: list[dict[str, Any]]
+
+    def describe(self) -> str:
+        kinds = "/".join(sorted({o["kind"] for o in self.outputs})) or "outputs"
+        return (
+            f"{self.targets} targets from {self.services} services written to "
+            f"{len(self.outputs)} {kinds} objects"
+        )
 
 
 def consul_problem(snapshot: Snapshot) -> Problem | None:
@@ -258,11 +254,15 @@ class GenerationSink:
         self.ref = ref
         self.outputs = OutputPublisher(kube=kube, ref=ref, output=spec.output)
         self.status = StatusReporter(kube=kube, ref=ref, generation=generation, clock=clock)
-        self.published = False
+        self.written: Written | None = None  # nothing written by this generation yet
         self.resumed = False
         # The targets the outputs hold (last written, or read back by resume): a new worker's
         # starting point.
         self.seed: Mapping[str, TargetGroup] = {}
+
+    @property
+    def published(self) -> bool:
+        return self.written is not None
 
     async def resume(self) -> None:
         self.seed = await self.outputs.resume()
@@ -280,7 +280,11 @@ class GenerationSink:
                 problem = await self.outputs.write(snapshot.groups)
                 synced = problem is None
                 if synced:
-                    self.published = True
+                    self.written = Written(
+                        targets=snapshot.targets,
+                        services=len(snapshot.groups),
+                        outputs=self.outputs.outputs,
+                    )
                     self.seed = snapshot.groups
                     metrics.TARGETS.labels(ns, cr).set(snapshot.targets)
             metrics.SERVICES.labels(ns, cr).set(snapshot.matched)
@@ -288,8 +292,7 @@ class GenerationSink:
             await self.status.report(
                 snapshot=snapshot,
                 problem=problem or consul_problem(snapshot),
-                published=self.published,
-                outputs=self.outputs.outputs,
+                written=self.written,
                 synced=synced,
             )
 
@@ -298,8 +301,7 @@ class GenerationSink:
         await self.status.report(
             snapshot=None,
             problem=problem,
-            published=self.published,
-            outputs=self.outputs.outputs,
+            written=self.written,
         )
 
 
@@ -329,7 +331,7 @@ async def run_generation(
     except SpecError as exc:
         logger.warning("%s: invalid spec: %s", _key(ref), exc)
         problem = Problem(REASON_INVALID_SPEC, str(exc))
-        await reporter.report(snapshot=None, problem=problem, published=False, outputs=[])
+        await reporter.report(snapshot=None, problem=problem, written=None)
         await asyncio.Event().wait()  # nothing to run until the spec changes
         return
     sink = GenerationSink(kube=kube, ref=ref, generation=generation, spec=spec)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
@@ -58,6 +59,7 @@ class Simulator:
         acl_token: str | None = None,
     ) -> None:
         """``acl_token``: Consul ACLs on, default deny, this one token allowed."""
+        self.acl_token = acl_token
         self.port = free_port()
         self.log = (workdir / f"simulator-{self.port}.log").open("wb")
         self.process = subprocess.Popen(
@@ -106,6 +108,18 @@ class Simulator:
     def faults(self, **changes: Any) -> None:
         self.call("PUT", "/_sim/faults", changes)
 
+    def consul(self, method: str, path: str, body: Any = None) -> Any:
+        """A Consul API call carrying the ACL token (reads see everything, writes are allowed)."""
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}", data=data, method=method
+        )
+        if self.acl_token:
+            request.add_header("X-Consul-Token", self.acl_token)
+        with urllib.request.urlopen(request, timeout=30) as response:
+            raw = response.read()
+        return json.loads(raw) if raw else None
+
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(30)
@@ -122,9 +136,14 @@ class Operator:
         *extra: str,
         token: str | None = None,
         scope: Sequence[str] = ("--all-namespaces",),
+        kubeconfig: Path | None = None,
     ) -> None:
-        """Run as the admin, or as whoever ``token`` authenticates (e.g. the ServiceAccount)."""
-        kubeconfig = control_plane.kubeconfig
+        """Run as the admin, or as whoever ``token`` authenticates (e.g. the ServiceAccount).
+
+        ``kubeconfig``: use this one instead of the control plane's (e.g. one that reaches the
+        apiserver through a proxy); ``token`` still takes precedence.
+        """
+        kubeconfig = kubeconfig or control_plane.kubeconfig
         if token is not None:
             kubeconfig = control_plane.write_kubeconfig(
                 workdir / f"operator-{free_port()}.kubeconfig", token=token
@@ -175,6 +194,12 @@ class Operator:
         self.log.flush()
         return self.log_path.read_text(errors="replace")
 
+    def kill(self) -> None:
+        """SIGKILL, as the OOM killer or a node failure would: no cleanup, no last log line."""
+        self.process.kill()
+        self.process.wait(30)
+        self.log.close()
+
     def stop(self) -> None:
         self.process.terminate()
         try:
@@ -183,6 +208,16 @@ class Operator:
             self.process.kill()
             self.process.wait(10)
         self.log.close()
+
+
+def kubeconfig_via(control_plane: ControlPlane, path: Path, *, port: int) -> Path:
+    """The control plane's admin kubeconfig, with the server at 127.0.0.1:``port`` (a proxy)."""
+    config = yaml.safe_load(control_plane.kubeconfig.read_text())
+    for cluster in config["clusters"]:
+        cluster["cluster"]["server"] = f"https://127.0.0.1:{port}"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    path.chmod(0o600)
+    return path
 
 
 def api_client(control_plane: ControlPlane) -> k8s.ApiClient:

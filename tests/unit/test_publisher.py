@@ -261,3 +261,16 @@ async def test_an_oversize_write_says_output_too_large() -> None:
     assert problem is not None
     assert (problem.reason, "Too long" in problem.message) == ("OutputTooLarge", True)
     assert kube.held() == lines_of(fleet(5))
+
+
+async def test_a_422_that_is_not_about_size_is_a_write_failure_not_output_too_large() -> None:
+    kube = FakeKube()
+    publisher = await started(kube, config_map_output())
+    kube.refuse = lambda verb, kind, name: KubeError(
+        "HTTP 422: metadata.ownerReferences: Invalid value: only one reference can have "
+        "Controller set to true",
+        status=422,
+    )
+    problem = await publisher.write(fleet(5))
+    assert problem is not None
+    assert problem.reason == "OutputWriteFailed"

@@ -117,6 +117,9 @@ async def test_an_oversize_write_keeps_ready_and_degrades_with_the_reason() -> N
     assert condition(status, "Degraded")["reason"] == "OutputTooLarge"
     assert condition(status, "Ready")["status"] == "True"  # the previous outputs still hold
     assert ("Warning", "OutputTooLarge") in kube.events
+    # The figures are those of what the outputs hold, not of the snapshot that was refused.
+    assert status["targets"] == 15
+    assert condition(status, "Ready")["message"].startswith("15 targets from 5 services")
 
 
 async def test_events_mark_transitions_not_every_cycle() -> None:
