@@ -91,7 +91,9 @@ async def run_consul_discovery(
                             name,
                             type(error).__name__,
                         )
-                        await asyncio.sleep(5)
+                        await stopped.wait(5)
+                        if stopped:
+                            break
                 await _stop(runner)
                 generation = current
                 logger.info(

@@ -12,7 +12,10 @@ tagged addresses, IPv6 node and service addresses (one with a zone), services wi
 and without port, service names with dots, slashes, spaces, ``?``, ``%``, ``#``, ``+`` and
 non-ASCII letters, passing/warning/critical service checks, node-level checks (critical,
 warning, an unknown status, a catalog-registered ``_node_maintenance`` and
-``_service_maintenance:`` check), and a 30-instance service. ``SELECTORS`` are the selector
+``_service_maintenance:`` check), and a 30-instance service. Three rules no other state pins: a
+service in maintenance that also has a critical check (maintenance outranks critical), a node
+meta key with ``:`` (valid in metric names, not in label names), and a full IPv6 service address
+without ``::`` (bracketed all the same). ``SELECTORS`` are the selector
 settings given to both sides, with the target counts the fleet implies.
 
 Addresses are data only: the Prometheus jobs of the oracle rewrite ``__address__`` to a closed
@@ -63,6 +66,12 @@ NODES: dict[str, Body] = {
     "node-e": {"Node": "node-e", "Address": "10.20.0.5", "NodeMeta": {"rack": "r2"}},
     # A node check with a status Consul stores but does not know: health aggregates to "".
     "node-f": {"Node": "node-f", "Address": "10.20.0.6", "NodeMeta": {"rack": "r3"}},
+    # A ':' in a node meta key (Consul refuses it in service meta keys, not in node meta).
+    "node-g": {
+        "Node": "node-g",
+        "Address": "10.20.0.7",
+        "NodeMeta": {"rack": "r4", "k8s:zone": "g"},
+    },
 }
 
 NODE_CHECKS: list[Body] = [
@@ -193,6 +202,20 @@ def catalog_bodies() -> list[Body]:
             {"ID": "worker-1", "Service": "worker", "Port": 7000, "Tags": ["batch"]},
             _check("worker-1", "passing"),
             _check("worker-1", "critical", check_id="_service_maintenance:worker-1"),
+        ),
+        # Maintenance and a critical check at once; a full IPv6 address (no "::"). Selected by
+        # no SELECTORS entry, so EXPECTED_COUNTS stay as they are.
+        _service(
+            "node-g",
+            {
+                "ID": "strict-1",
+                "Service": "strict",
+                "Address": "2001:db8:0:0:1:2:3:4",
+                "Port": 9300,
+                "Tags": ["strict"],
+            },
+            _check("strict-1", "critical"),
+            _check("strict-1", "critical", check_id="_service_maintenance:strict-1"),
         ),
     ]
     bodies += [

@@ -55,9 +55,22 @@ def covers_the_edge_cases(targets: TargetSet) -> bool:
     healths = {labels.get("__meta_consul_health", "") for labels in targets.values()}
     addresses = {key[2] for key in targets}
     names = {name for labels in targets.values() for name in labels}
+    health_of = {
+        labels.get("__meta_consul_service_id"): labels.get("__meta_consul_health")
+        for labels in targets.values()
+    }
     return (
         healths == {"passing", "warning", "critical", "maintenance", ""}
-        and {"[2001:db8::c]:8080", "[2001:db8::10]:443", "[fe80::1%eth0]:443"} <= addresses
+        # strict-1 has a critical check besides its maintenance check.
+        and health_of.get("strict-1") == "maintenance"
+        and {
+            "[2001:db8::c]:8080",
+            "[2001:db8::10]:443",
+            "[fe80::1%eth0]:443",
+            "[2001:db8:0:0:1:2:3:4]:9300",
+        }
+        <= addresses
+        and "__meta_consul_metadata_k8s_zone" in names
         and "10.20.0.2:0" in addresses
         and "__meta_consul_metadata_topology_kubernetes_io_zone" in names
         and "__meta_consul_service_metadata_owner_team" in names

@@ -139,6 +139,33 @@ EXPECTED: dict[str, dict[str, str]] = {
         "__meta_consul_service_metadata_a_b": "plain",
         "__meta_consul_service_metadata__": "umlaut",
     },
+    "strict-1": {
+        "__meta_consul_service": "strict",
+        "__meta_consul_dc": "dc1",
+        "__address__": "10.0.0.9:9300",
+        "__meta_consul_address": "10.0.0.9",
+        "__meta_consul_node": "node-9",
+        "__meta_consul_tags": ",strict,",
+        "__meta_consul_service_port": "9300",
+        "__meta_consul_service_id": "strict-1",
+        # A critical service check and node maintenance: maintenance outranks critical.
+        "__meta_consul_health": "maintenance",
+        # ':' is valid in metric names, not in label names: it is sanitised too.
+        "__meta_consul_metadata_k8s_zone": "z1",
+    },
+    "strict-2": {
+        "__meta_consul_service": "strict",
+        "__meta_consul_dc": "dc1",
+        # A full IPv6 address (no '::') is bracketed all the same.
+        "__address__": "[2001:db8:0:0:1:2:3:4]:9301",
+        "__meta_consul_address": "10.0.0.10",
+        "__meta_consul_node": "node-10",
+        "__meta_consul_tags": ",strict,",
+        "__meta_consul_service_address": "2001:db8:0:0:1:2:3:4",
+        "__meta_consul_service_port": "9301",
+        "__meta_consul_service_id": "strict-2",
+        "__meta_consul_health": "passing",
+    },
 }
 
 

@@ -4,8 +4,9 @@ headers, clear errors, retries, TLS. Against the simulator, and a TLS replay for
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -288,3 +289,61 @@ async def test_tls_verifies_the_server_and_presents_the_client_certificate(
         await runner.cleanup()
     assert peers
     assert peers[0] is not None  # the server saw our client certificate
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@contextlib.asynccontextmanager
+async def local_consul(path: str, handler: Handler) -> AsyncIterator[ConsulEndpoint]:
+    """A one-route HTTP server on 127.0.0.1 that answers as the test says."""
+    app = web.Application()
+    app.router.add_get(path, handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield ConsulEndpoint(server=f"127.0.0.1:{runner.addresses[0][1]}")
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_429_is_retried_into_success() -> None:
+    answers = [
+        web.Response(status=429, text="Your IP is issuing too many concurrent connections"),
+        web.json_response({"web": []}, headers={"X-Consul-Index": "3"}),
+    ]
+    asked = 0
+
+    async def handler(request: web.Request) -> web.Response:
+        nonlocal asked
+        asked += 1
+        return answers.pop(0)
+
+    async with (
+        local_consul("/v1/catalog/services", handler) as endpoint,
+        ConsulClient(endpoint=endpoint, max_connections=2, retry=FAST_RETRY) as consul,
+    ):
+        services, index = await consul.list_services()
+    assert (services, index) == ({"web": ()}, 3)
+    assert asked == 2
+
+
+async def test_a_blocking_request_waits_out_consuls_wait_over_16_jitter() -> None:
+    wait = 320.0
+
+    async def handler(request: web.Request) -> web.Response:
+        # Consul adds up to wait/16 to the wait, then takes a moment to send the answer.
+        await asyncio.sleep(wait + wait / 16 + 1)
+        return web.json_response([], headers={"X-Consul-Index": "8"})
+
+    loop = asyncio.get_running_loop()
+    async with (
+        local_consul("/v1/health/service/web", handler) as endpoint,
+        ConsulClient(endpoint=endpoint, max_connections=2, retry=FAST_RETRY) as consul,
+    ):
+        started = loop.time()
+        instances, index = await consul.service_instances("web", index=7, wait=wait)
+    assert (instances, index) == ([], 8)
+    assert loop.time() - started == pytest.approx(wait + wait / 16 + 1, abs=0.5)  # one request

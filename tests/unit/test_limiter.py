@@ -78,3 +78,24 @@ async def test_a_cancelled_waiter_gives_its_slot_back() -> None:
     assert limit.in_use == 0
     async with limit:
         assert limit.in_use == 1
+
+
+@pytest.mark.looptime
+async def test_a_slot_handed_to_a_waiter_cancelled_at_that_moment_is_given_back() -> None:
+    limit = AdaptiveLimit(1)
+    queued: list[asyncio.Task[None]] = []
+
+    async def leave_and_cancel_the_waiter() -> None:
+        async with limit:
+            queued.append(asyncio.create_task(hold(limit, asyncio.Event(), [])))
+            await asyncio.sleep(0)  # the waiter queues behind this holder
+        # Leaving handed the slot to the waiter; it is cancelled before it could run.
+        queued[0].cancel()
+
+    await leave_and_cancel_the_waiter()
+    with pytest.raises(asyncio.CancelledError):
+        await queued[0]
+    async with asyncio.timeout(60):
+        async with limit:  # at limit 1, a leaked slot would make this wait forever
+            assert limit.in_use == 1
+    assert limit.in_use == 0

@@ -1,0 +1,183 @@
+"""The kopf daemon of a ConsulDiscovery: one runner per generation, restarted, cleaned up.
+
+``run_consul_discovery`` is called as kopf calls it, with fakes for its kwargs (kopf's ``stopped``
+flag, the live ``meta`` and ``spec`` views, the memo) and a fake ``run_generation`` that records
+what happens to each runner. Time is virtual (looptime).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any, cast
+
+import kopf
+import pytest
+from prometheus_client import REGISTRY
+
+from consul_sd import handlers, metrics
+from consul_sd.kube import DiscoveryRef
+from consul_sd.progress import Progress
+
+pytestmark = pytest.mark.looptime
+NAMESPACE, NAME = "monitoring", "fleet"
+
+
+class Stopped:
+    """kopf's DaemonStopped as the daemon uses it: a truth value and ``wait(timeout)``."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def __bool__(self) -> bool:
+        return self._event.is_set()
+
+    def set(self) -> None:
+        self._event.set()
+
+    async def wait(self, timeout: float | None = None) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._event.wait()
+
+
+class NoKube:
+    """The daemon only hands the client to the runner: any call on it is a test failure."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"unexpected Kubernetes call: {name}")
+
+
+class Runners:
+    """Stands in for ``run_generation``: logs starts, crashes and cancellations with the time."""
+
+    def __init__(self, *, crashes: int = 0) -> None:
+        self.events: list[tuple[str, int, float]] = []
+        self.specs: list[dict[str, Any]] = []
+        self._crashes = crashes
+
+    async def __call__(
+        self, *, kube: Any, ref: DiscoveryRef, generation: int, spec_data: dict[str, Any]
+    ) -> None:
+        assert isinstance(kube, NoKube)
+        assert ref == DiscoveryRef(namespace=NAMESPACE, name=NAME, uid="uid-1")
+        now = asyncio.get_running_loop().time
+        self.events.append(("started", generation, now()))
+        self.specs.append(spec_data)
+        if self._crashes:
+            self._crashes -= 1
+            self.events.append(("crashed", generation, now()))
+            raise RuntimeError("a bug in the runner")
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self.events.append(("cancelled", generation, now()))
+
+    def story(self) -> list[tuple[str, int]]:
+        return [(what, generation) for what, generation, _ in self.events]
+
+
+class Daemon:
+    """One ``run_consul_discovery`` task with the kwargs kopf gives it."""
+
+    def __init__(self, runners: Runners, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(handlers, "run_generation", runners)
+        self.meta: dict[str, Any] = {"generation": 1}
+        self.spec: dict[str, Any] = {"mode": "Polling"}
+        self.stopped = Stopped()
+        kwargs: dict[str, Any] = {
+            "name": NAME,
+            "namespace": NAMESPACE,
+            "uid": "uid-1",
+            "meta": self.meta,
+            "spec": self.spec,
+            "stopped": self.stopped,
+            "logger": logging.getLogger("kopf.objects"),
+            "memo": kopf.Memo(kube=NoKube()),
+            "retry": 0,  # kopf passes more kwargs than the daemon reads
+        }
+        # kopf's decorator is untyped: the daemon as kopf calls it.
+        daemon = cast(Callable[..., Coroutine[Any, Any, None]], handlers.run_consul_discovery)
+        self.task = asyncio.create_task(daemon(**kwargs))
+
+    async def stop(self) -> float:
+        """Stop as kopf does (set the flag); how long the daemon took to return."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        self.stopped.set()
+        async with asyncio.timeout(60):
+            await self.task
+        return loop.time() - started
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_new_generation_cancels_the_old_runner_before_starting_the_new_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    runners = Runners()
+    daemon = Daemon(runners, monkeypatch)
+    await asyncio.sleep(3)
+    daemon.meta["generation"] = 2
+    daemon.spec["mode"] = "Blocking"  # kopf updates the live views in place
+    await asyncio.sleep(3)
+    await daemon.stop()
+    assert runners.story() == [
+        ("started", 1),
+        ("cancelled", 1),
+        ("started", 2),
+        ("cancelled", 2),
+    ]
+    assert [spec["mode"] for spec in runners.specs] == ["Polling", "Blocking"]
+
+
+async def test_a_crashed_runner_is_restarted_after_a_pause_and_the_cr_is_named(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    runners = Runners(crashes=1)
+    daemon = Daemon(runners, monkeypatch)
+    with caplog.at_level(logging.INFO, logger="kopf.objects"):
+        await asyncio.sleep(30)
+        await daemon.stop()
+    assert runners.story() == [
+        ("started", 1),
+        ("crashed", 1),
+        ("started", 1),
+        ("cancelled", 1),
+    ]
+    crashed_at = runners.events[1][2]
+    restarted_at = runners.events[2][2]
+    assert restarted_at - crashed_at >= 5  # not a hot loop against whatever makes it crash
+    (error,) = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert f"{NAMESPACE}/{NAME}" in error.getMessage()
+    assert "RuntimeError" in error.getMessage()
+
+
+async def test_stopping_cancels_the_runner_and_forgets_the_crs_metrics(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    labels = {"namespace": NAMESPACE, "name": NAME}
+    metrics.TARGETS.labels(NAMESPACE, NAME).set(42)
+    # The liveness tracker on a clock the test moves.
+    clock = Clock()
+    progress = Progress(clock=clock)
+    monkeypatch.setattr(handlers, "PROGRESS", progress)
+    progress.track(f"{NAMESPACE}/{NAME}", allowance=0)
+    runners = Runners()
+    daemon = Daemon(runners, monkeypatch)
+    await asyncio.sleep(3)
+    clock.now = 10_000.0  # the loop would count as stalled now, were it still tracked
+    assert progress.stalled() != []
+    took = await daemon.stop()
+    assert runners.story() == [("started", 1), ("cancelled", 1)]
+    assert took <= handlers.GENERATION_POLL_SECONDS
+    assert REGISTRY.get_sample_value("consul_sd_targets", labels) is None
+    assert progress.stalled() == []
