@@ -98,6 +98,7 @@ def test_a_service_failing_across_an_operator_kill_keeps_its_targets_while_other
         )
     finally:
         first.kill()
+    assert everything is not None
     failing = sorted(everything)[0]
     sim.faults(fail_services=[failing])
     other = sorted(everything)[1]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import kopf
 import pytest
 
@@ -68,7 +70,8 @@ async def test_the_liveness_probe_fails_while_a_loop_is_stalled(
     progress = Progress(clock)
     monkeypatch.setattr(handlers, "PROGRESS", progress)
     progress.track("ns/a", allowance=0)
-    assert await handlers.count_discoveries() == 0
+    probe: Any = handlers.count_discoveries  # kopf types the decorated handler as ActivityFn
+    assert await probe() == 0
     clock.now += MIN_ALLOWANCE + 1
     with pytest.raises(kopf.PermanentError, match="discovery stalled: ns/a: no progress"):
-        await handlers.count_discoveries()
+        await probe()

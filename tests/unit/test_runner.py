@@ -21,7 +21,13 @@ import trustme
 from consul_sd import runner
 from consul_sd.consul import ConsulBadRequest, ConsulServerError
 from consul_sd.credentials import resolve_endpoint
-from consul_sd.kube import SecretInvalid, SecretNotFound, decode_secret_value
+from consul_sd.kube import (
+    DiscoveryRef,
+    KubeError,
+    SecretInvalid,
+    SecretNotFound,
+    decode_secret_value,
+)
 from consul_sd.runner import GenerationSink, Problem, run_generation
 from consul_sd.simulator import ConsulSimulator
 from consul_sd.spec import parse_spec
@@ -111,7 +117,7 @@ async def test_an_oversize_write_keeps_ready_and_degrades_with_the_reason() -> N
     sink = sink_for(kube)
     await sink.resume()
     await sink.publish(snapshot(5))
-    kube.refuse = lambda *_: runner.KubeError("HTTP 422: Too long: at most 1048576", status=422)
+    kube.refuse = lambda *_: KubeError("HTTP 422: Too long: at most 1048576", status=422)
     await sink.publish(snapshot(6))
     status = kube.statuses[-1]
     assert condition(status, "Degraded")["reason"] == "OutputTooLarge"
@@ -400,7 +406,7 @@ async def test_an_unexpected_exception_ends_in_status_and_an_event_and_never_log
 @pytest.mark.looptime
 async def test_a_name_that_cannot_be_a_label_value_is_an_invalid_spec(sim: ConsulSimulator) -> None:
     kube = FakeKube()
-    long_ref = runner.DiscoveryRef(namespace="ns", name="x" * 64, uid="u")
+    long_ref = DiscoveryRef(namespace="ns", name="x" * 64, uid="u")
     task = asyncio.create_task(
         run_generation(
             kube=kube, ref=long_ref, generation=1, spec_data=generation_spec(sim, "Polling")
@@ -430,7 +436,7 @@ async def test_an_apiserver_blip_while_rechecking_secrets_does_not_restart_the_w
         sim.counters.reset()
 
         async def blip(*, namespace: str, name: str, key: str) -> str:
-            raise runner.KubeError("apiserver unreachable: ProtocolError", status=0)
+            raise KubeError("apiserver unreachable: ProtocolError", status=0)
 
         kube.read_secret_value = blip  # type: ignore[method-assign]
         await asyncio.sleep(3 * runner.SECRET_RECHECK_SECONDS)
