@@ -1,10 +1,10 @@
 """The ``consul-sd`` command: ``discover`` (standalone file_sd), ``simulate``, ``operator``.
 
 ``discover`` runs the same engine as the operator for a Prometheus outside Kubernetes. Its flags
-mirror the ConsulDiscovery spec; ``--spec FILE`` reads a CR (or just its spec) and flags override
-it. Credentials come from flags or files only, because there is no Secret to read here; a spec
-that names Secrets must be given ``--token-file`` (or the TLS file flags) instead. The token is
-never printed.
+mirror the ConsulDiscovery spec; ``--spec FILE`` reads a CR, its spec, or a multi-document file
+(``--name`` picks the CR), and flags override it. Credentials come from flags or files only,
+because there is no Secret to read here; a spec that names Secrets must be given ``--token-file``
+(or the TLS file flags) instead. The token is never printed.
 """
 
 from __future__ import annotations

@@ -365,7 +365,13 @@ class ConsulClient:
             index=index, wait=wait, node_meta=node_meta or {}, filter_expr=filter_expr
         )
         data, answered = await self._get(
-            endpoint="catalog_services", path="/v1/catalog/services", params=params, wait=wait
+            endpoint="catalog_services",
+            path="/v1/catalog/services",
+            params=params,
+            wait=wait,
+            # Unfiltered, an empty list that ACLs filtered means the token may read no service:
+            # a denial, not an empty fleet (which would clear every target).
+            denied_if_empty=not filter_expr and not node_meta,
         )
         return _parsed(parse_service_list, data, where="/v1/catalog/services"), answered
 
@@ -438,6 +444,7 @@ class ConsulClient:
         params: list[tuple[str, str]],
         wait: float | None = None,
         unchanged_index: int | None = None,
+        denied_if_empty: bool = False,
     ) -> tuple[Any, int]:
         session = self._open_session()
         # One pre-encoded URL: aiohttp's per-request params merging and re-quoting cost more
@@ -459,6 +466,7 @@ class ConsulClient:
                         path=path,
                         limits=timeout,
                         unchanged_index=unchanged_index,
+                        denied_if_empty=denied_if_empty,
                     )
             except ConsulError as error:
                 if isinstance(error, ConsulRateLimited):
@@ -493,6 +501,7 @@ class ConsulClient:
         path: str,
         limits: aiohttp.ClientTimeout,
         unchanged_index: int | None,
+        denied_if_empty: bool = False,
     ) -> tuple[Any, int]:
         try:
             async with session.get(
@@ -511,6 +520,7 @@ class ConsulClient:
                     head, _ = await _read_at_most(response, _ERROR_BODY_BYTES)
                     raise _error_for_status(status=status, body=head, path=path, url=url)
                 body = await self._read_answer(response, path=path)
+                filtered = response.headers.get(_FILTERED_BY_ACLS, "").lower() == "true"
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             raise ConsulUnreachable(f"{path}: {_describe_connection_error(exc)}") from None
         except TimeoutError:
@@ -518,7 +528,14 @@ class ConsulClient:
         index = _parse_index(index_header)
         if unchanged_index is not None and index == unchanged_index:
             return _UNCHANGED, index
-        return _decode_json(body, path=path), index
+        data = _decode_json(body, path=path)
+        if denied_if_empty and filtered and not data:
+            raise ConsulACLDenied(
+                f"{path}: the token may read no service (Consul filtered every one by ACLs): "
+                'grant service_prefix "" { policy = "read" } (see the README\'s ACL policy)',
+                status=status,
+            )
+        return data, index
 
     async def _read_answer(self, response: aiohttp.ClientResponse, *, path: str) -> bytearray:
         """The body, or :class:`ConsulBadResponse` once it passes the answer size cap."""
@@ -623,6 +640,7 @@ def _redirect_target(location: str, *, base: URL) -> str:
 
 
 _UNCHANGED: Final = object()
+_FILTERED_BY_ACLS: Final = "X-Consul-Results-Filtered-By-ACLs"
 _FILTER_ERROR: Final = "Failed to create boolean expression evaluator"
 
 

@@ -14,16 +14,19 @@ cluster-wide and shared with the other e2e modules, so it is adopted into the re
 
 from __future__ import annotations
 
+import base64
 import json
+import shlex
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import yaml
 
-from tests.chart.rendering import CHART_DIR, HELM_MISSING, manifests, one
-from tests.e2e.operator_harness import eventually
-from tests.support.components import ControlPlane
+from tests.chart.rendering import CHART_DIR, HELM_MISSING, REPO_ROOT, manifests, one, render
+from tests.e2e.operator_harness import CRD_FILE, eventually
+from tests.support.components import ControlPlane, apply_crds
 
 pytest.importorskip("helm_python", reason=HELM_MISSING)
 import helm_python as helm
@@ -186,3 +189,53 @@ def test_the_operator_pod_passes_pod_security_restricted(control_plane: ControlP
     answer = control_plane.request("POST", path, body=pod)
     assert answer.status == 403, answer.text
     assert "violates PodSecurity" in answer.text
+
+
+# The commands NOTES.txt prints, as kubectl would run them against the apiserver.
+NAMESPACED = {"Secret": "/api/v1", "ConsulDiscovery": "/apis/consul-sd.io/v1alpha1"}
+PLURAL = {"Secret": "secrets", "ConsulDiscovery": "consuldiscoveries"}
+
+
+def kubectl(control_plane: ControlPlane, line: str, *, token: str) -> None:
+    """Run one ``kubectl`` line of NOTES.txt; any other command shape fails the test."""
+    words = shlex.split(line)
+    match words:
+        case ["kubectl", "-n", ns, "create", "secret", "generic", name, literal]:
+            key, _, _ = literal.removeprefix("--from-literal=").partition("=")
+            body = {"metadata": {"name": name}, "stringData": {key: token}}
+            answer = control_plane.request("POST", f"/api/v1/namespaces/{ns}/secrets", body=body)
+            assert answer.status == 201, answer.text
+        case ["kubectl", "apply", "-n", ns, "-f", file]:
+            for document in yaml.safe_load_all((REPO_ROOT / file).read_text()):
+                # kubectl refuses a document whose namespace differs from -n.
+                assert document["metadata"].get("namespace", ns) == ns, document["metadata"]
+                kind, name = document["kind"], document["metadata"]["name"]
+                path = f"{NAMESPACED[kind]}/namespaces/{ns}/{PLURAL[kind]}/{name}"
+                control_plane.apply(path, document, field_manager="kubectl")
+        case ["kubectl", "-n", ns, "get", "consuldiscoveries"]:
+            path = f"{NAMESPACED['ConsulDiscovery']}/namespaces/{ns}/consuldiscoveries"
+            answer = control_plane.request("GET", path)
+            assert answer.status == 200, answer.text
+        case _:
+            raise AssertionError(f"NOTES.txt command not understood here: {line}")
+
+
+def test_the_notes_commands_work_in_a_namespace_other_than_monitoring(
+    control_plane: ControlPlane,
+) -> None:
+    apply_crds(control_plane, [yaml.safe_load(CRD_FILE.read_text())], field_manager="e2e-notes")
+    namespace = f"team-{uuid.uuid4().hex[:6]}"
+    create_namespace(control_plane, namespace)
+    notes = render(namespace=namespace)["consul-sd-operator/templates/NOTES.txt"]
+    create = notes[notes.index("Create a ConsulDiscovery") : notes.index("Operator metrics")]
+    commands = [line.strip() for line in create.splitlines() if line.strip().startswith("kubectl")]
+    assert len(commands) == 3, create
+    for line in commands:
+        kubectl(control_plane, line, token="the-users-own-token")
+    base = f"/api/v1/namespaces/{namespace}"
+    secret = control_plane.request("GET", f"{base}/secrets/consul-acl-token").json()
+    users_token = base64.b64encode(b"the-users-own-token").decode()
+    assert secret["data"]["token"] == users_token, "applying the example replaced the token"
+    path = f"/apis/consul-sd.io/v1alpha1/namespaces/{namespace}/consuldiscoveries/web"
+    discovery = control_plane.request("GET", path).json()
+    assert discovery["spec"]["consul"]["tokenSecretRef"]["name"] == "consul-acl-token"

@@ -1,8 +1,10 @@
 """examples/ against the real thing: the apiserver accepts every object, Prometheus the config.
 
-Every example object is created with server-side dry run (``dryRun=All``) on the session
-kube-apiserver with the ConsulDiscovery CRD and prometheus-operator's CRDs installed, so the
-structural schemas, the StatefulSet validation and the Prometheus CR schema all judge them.
+Every example object is created with server-side dry run (``dryRun=All``), in a namespace of
+the test's choosing (no example names one, so ``kubectl apply -n NS`` works anywhere), on the
+session kube-apiserver with the ConsulDiscovery CRD and prometheus-operator's CRDs installed,
+so the structural schemas, the StatefulSet validation and the Prometheus CR schema all judge
+them.
 The file_sd example's prometheus.yml then runs in a real Prometheus v3, reading shard files
 named and filled exactly as the operator fills its ConfigMaps.
 
@@ -12,6 +14,7 @@ rewrites only the mount path of the file_sd glob (to a temporary directory).
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,10 +31,8 @@ from tests.support.components import ControlPlane, Prometheus, apply_crds
 pytestmark = pytest.mark.e2e
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-# kind -> collection path (namespaced kinds with {ns}).
+# kind -> collection path (every example object is namespaced and names no namespace).
 COLLECTIONS = {
-    "Namespace": "/api/v1/namespaces",
-    "Secret": "/api/v1/namespaces/{ns}/secrets",
     "ConfigMap": "/api/v1/namespaces/{ns}/configmaps",
     "ServiceAccount": "/api/v1/namespaces/{ns}/serviceaccounts",
     "StatefulSet": "/apis/apps/v1/namespaces/{ns}/statefulsets",
@@ -53,26 +54,23 @@ def install_crd(control_plane: ControlPlane) -> None:
     apply_crds(control_plane, [yaml.safe_load(CRD_FILE.read_text())], field_manager="e2e-examples")
 
 
-def test_the_apiserver_accepts_every_example_object(
+def test_the_apiserver_accepts_every_example_object_in_a_namespace_of_the_users_choice(
     control_plane: ControlPlane, monitoring_crds: list[str]
 ) -> None:
     install_crd(control_plane)
-    documents = example_documents()
-    for namespace in [d for d in documents if d["kind"] == "Namespace"]:
-        control_plane.apply(
-            f"/api/v1/namespaces/{namespace['metadata']['name']}",
-            namespace,
-            field_manager="e2e-examples",
-        )
+    namespace = f"examples-{uuid.uuid4().hex[:6]}"  # as `kubectl apply -n <namespace> -f`
+    answer = control_plane.request(
+        "POST", "/api/v1/namespaces", body={"metadata": {"name": namespace}}
+    )
+    assert answer.status == 201, answer.text
     checked = []
-    for document in documents:
-        if document["kind"] == "Namespace":
-            continue
-        path = COLLECTIONS[document["kind"]].format(ns=document["metadata"].get("namespace"))
+    for document in example_documents():
+        path = COLLECTIONS[document["kind"]].format(ns=namespace)
         answer = control_plane.request(
             "POST", f"{path}?dryRun=All&fieldValidation=Strict", body=document
         )
         assert answer.status in (200, 201), (document["kind"], answer.text)
+        assert answer.json()["metadata"]["namespace"] == namespace
         checked.append(document["kind"])
     assert {"ConsulDiscovery", "StatefulSet", "Prometheus", "ConfigMap"} <= set(checked)
 

@@ -1,10 +1,11 @@
-"""With ACLs on (default deny), a read token gives both sides the same targets; a bad or revoked
-token fails clearly and keeps what was written.
+"""With ACLs on (default deny), README's minimal policy gives both sides the same targets; a
+token with no rights, a bad or a revoked token fails clearly and keeps what was written.
 
-The token's policy is read-only on every service and node (``service_prefix "" read``,
-``node_prefix "" read``). It has no ``agent:read``, so /v1/agent/self, which both Prometheus and
-``consul-sd`` use to learn the datacenter, is denied: both are given ``datacenter: dc1``
-explicitly, and the test shows what ours says without it.
+README's policy (read from README.md itself, so the documented policy is the tested one) is
+read-only on every service and node. It has no ``agent:read``, so /v1/agent/self, which both
+Prometheus and ``consul-sd`` ask for the datacenter, is denied: Prometheus must be given
+``datacenter: dc1``; ``consul-sd`` discovers in every mode with and without it, taking the
+datacenter from /v1/catalog/nodes when it is not given, and the labels are the same.
 
 Revocation is shown in Polling mode; Blocking mode loses the targets instead (a parked query
 answers empty when its token is deleted), see ``test_engine_findings``.
@@ -31,6 +32,7 @@ from tests.oracle.harness import (
     file_sd_targets,
     finish,
     prometheus_config,
+    put,
     revoke_mid_run,
     start_once,
     wait_for_agreement,
@@ -40,6 +42,7 @@ from tests.support.components import ConsulAgent, Prometheus
 pytestmark = pytest.mark.e2e
 
 WRONG = "00000000-aaaa-bbbb-cccc-000000000000"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 @pytest.fixture
@@ -49,37 +52,88 @@ def acl_agent(consul_agent_factory: Callable[..., ConsulAgent]) -> ConsulAgent:
     return agent
 
 
-def test_a_read_only_token_gives_both_sides_the_same_targets(
+def readme_policy() -> str:
+    """The HCL block of README's "Consul ACL policy" subsection."""
+    text = README.read_text()
+    section = text[text.index("### Consul ACL policy") :]
+    block = section[section.index("```hcl\n") + len("```hcl\n") :]
+    return block[: block.index("```")]
+
+
+def create_token(agent: ConsulAgent, *, rules: str | None) -> str:
+    """A token with a policy of ``rules`` (None: no policy, no rights at all); its SecretID."""
+    body: dict[str, object] = {"Description": "consul-sd oracle"}
+    if rules is not None:
+        put(agent, "/v1/acl/policy", {"Name": "readme-minimal", "Rules": rules})
+        body["Policies"] = [{"Name": "readme-minimal"}]
+    return str(put(agent, "/v1/acl/token", body)["SecretID"])
+
+
+def test_readmes_policy_discovers_in_every_mode_with_and_without_a_datacenter(
     acl_agent: ConsulAgent, prometheus_factory: Callable[..., Prometheus], tmp_path: Path
 ) -> None:
-    _, secret = create_read_token(acl_agent)
+    rules = readme_policy()
+    assert "agent" not in rules, "README's policy is meant to be the minimal one"
+    secret = create_token(acl_agent, rules=rules)
     token_file = tmp_path / "token"
     token_file.write_text(secret + "\n")
     runs = {
-        mode: start_once(
+        (mode, given): start_once(
             acl_agent.address,
-            tmp_path / f"{mode}.json",
+            tmp_path / f"{mode}-{given}.json",
             "--token-file",
             str(token_file),
-            "--datacenter",
-            "dc1",
+            *(["--datacenter", "dc1"] if given == "dc1" else []),
             mode=mode,
         )
         for mode in MODES
+        for given in ("dc1", "none")
     }
     logs = finish(runs)
     assert not [log for log in logs.values() if secret in log], "the token is in the log"
+    for (mode, given), log in logs.items():
+        said = log.count("datacenter 'dc1' taken from /v1/catalog/nodes")
+        assert said == (1 if given == "none" else 0), (mode, given, log)
 
+    # Prometheus cannot read /v1/agent/self with this token: it needs the datacenter.
     jobs = [consul_job("consul", acl_agent.address, token=secret, datacenter="dc1")]
-    jobs += [file_job(mode, [tmp_path / f"{mode}.json"]) for mode in MODES]
+    jobs += [file_job(f"{m}-{g}", [tmp_path / f"{m}-{g}.json"]) for m, g in runs]
     prometheus = prometheus_factory(prometheus_config(jobs))
     wait_for_agreement(
         prometheus,
         reference="consul",
-        jobs=list(MODES),
+        jobs=[f"{m}-{g}" for m, g in runs],
         expect=count_is(FLEET_TARGETS),
-        what="the token's view on both sides",
+        what="README's policy's view on both sides, __meta_consul_dc included",
     )
+
+
+def test_a_token_with_no_rights_at_all_gets_acl_denied_saying_what_failed(
+    acl_agent: ConsulAgent,
+) -> None:
+    token = create_token(acl_agent, rules=None)
+    for mode in MODES:
+        result = discover_once(acl_agent.address, "--token", token, mode=mode)
+        assert result.returncode == 1, result.stderr
+        assert result.stdout == ""
+        (line,) = [x for x in result.stderr.splitlines() if x.startswith("consul-sd: error:")]
+        assert line.startswith(
+            "consul-sd: error: discovery failed before any service was listed (ACLDenied: "
+            "/v1/agent/self: HTTP 403: Permission denied"
+        ), line
+        assert "'agent:read'" in line
+        assert 'node_prefix "" read, or set consul.datacenter' in line
+        assert token not in result.stderr
+    # With the datacenter given, Consul answers the catalog with every row filtered by ACLs.
+    for mode in MODES:
+        result = discover_once(
+            acl_agent.address, "--token", token, "--datacenter", "dc1", mode=mode
+        )
+        assert result.returncode == 1, result.stderr
+        assert result.stdout == ""
+        (line,) = [x for x in result.stderr.splitlines() if x.startswith("consul-sd: error:")]
+        assert "ACLDenied: /v1/catalog/services: the token may read no service" in line, line
+        assert token not in result.stderr
 
 
 def test_a_wrong_token_fails_once_with_an_acl_message_and_never_shows_the_token(
@@ -94,15 +148,6 @@ def test_a_wrong_token_fails_once_with_an_acl_message_and_never_shows_the_token(
         assert "ACL not found" in result.stderr
         assert WRONG not in result.stderr + result.stdout
         assert result.stdout == ""
-
-    # The read token lacks agent:read: without a datacenter the failure names that permission.
-    _, secret = create_read_token(acl_agent)
-    token_file.write_text(secret)
-    result = discover_once(acl_agent.address, "--token-file", str(token_file))
-    assert result.returncode == 1, result.stderr
-    assert "ACLDenied" in result.stderr
-    assert "/v1/agent/self" in result.stderr
-    assert "agent:read" in result.stderr
 
 
 def test_a_token_revoked_mid_run_keeps_the_file_and_reports_acl_denied(

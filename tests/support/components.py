@@ -9,7 +9,10 @@ its Go module by ``hack/bins/build.sh`` (cached outside the repo):
 - ``PrometheusOperator``: prometheus-operator running out of cluster against a ``ControlPlane``,
   plus ``install_crds`` for its CRDs (``apply_crds`` for any CRD).
 
-Every process binds 127.0.0.1 only, runs in its own process group, and writes its stdout and
+Every ``start`` builds (or finds) its binaries first, with build.sh's progress on stderr, and
+only then starts its ``timeout``: the timeout counts start-up, never a cold build of minutes
+(``build`` builds a whole set up front, e.g. before ``make demo`` starts anything). Every
+process binds 127.0.0.1 only, runs in its own process group, and writes its stdout and
 stderr to ``<name>.log`` in its work directory; a failed start raises ``ComponentError`` whose
 message ends with the last 40 lines of that log. ``python -m tests.support.components`` runs the
 same components in the background for manual use (state under ``.local/``).
@@ -79,29 +82,59 @@ _binaries: dict[str, Path] = {}
 def binary(name: str) -> Path:
     """Path of component ``name``, built by ``hack/bins/build.sh NAME`` first if missing.
 
-    A cold build takes minutes; concurrent callers share one build (build.sh locks per component).
+    A cold build takes minutes: build.sh's progress lines (start, a heartbeat every 30 s, done)
+    are passed on to stderr as they come, so a caller is never silent for minutes. Concurrent
+    callers share one build (build.sh locks per component). Call this (or ``build``) before a
+    start deadline begins: every ``start`` here does.
     """
     if name not in COMPONENTS:
         raise ValueError(f"unknown component {name!r}; known: {', '.join(COMPONENTS)}")
     cached = _binaries.get(name)
     if cached is not None and cached.is_file():
         return cached
-    proc = subprocess.run(
+    with subprocess.Popen(
         [str(BUILD_SCRIPT), name],
         stdin=subprocess.DEVNULL,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        check=False,
-    )
-    lines = proc.stdout.strip().splitlines()
+    ) as proc:
+        stdout, stderr = proc.stdout, proc.stderr
+        if stdout is None or stderr is None:  # pragma: no cover - both are pipes
+            raise ComponentError(f"{BUILD_SCRIPT}: no pipes")
+        progress = _relay(stderr)
+        lines = stdout.read().strip().splitlines()
     if proc.returncode != 0 or not lines:
-        tail = "\n".join(proc.stderr.splitlines()[-LOG_TAIL_LINES:])
-        raise ComponentError(f"{BUILD_SCRIPT} {name} failed (exit {proc.returncode}):\n{tail}")
+        tail = "\n".join(progress[-LOG_TAIL_LINES:])
+        raise ComponentError(
+            f"{BUILD_SCRIPT} {name} failed (exit {proc.returncode}); "
+            f"rerun: hack/bins/build.sh {name}\n{tail}"
+        )
     path = Path(lines[-1])
     if not path.is_file():
         raise ComponentError(f"{BUILD_SCRIPT} {name} printed {path}, which is not a file")
     _binaries[name] = path
     return path
+
+
+def _relay(stream: Iterable[str]) -> list[str]:
+    """Copy build.sh's progress lines to stderr as they arrive; return them all."""
+    seen = []
+    for line in stream:
+        seen.append(line.rstrip("\n"))
+        sys.stderr.write(line)
+        sys.stderr.flush()
+    return seen
+
+
+def build(names: Iterable[str]) -> dict[str, Path]:
+    """Build (or find) every component in ``names``, in order, before anything starts."""
+    return {name: binary(name) for name in names}
+
+
+def _remaining(deadline: float) -> float:
+    """Seconds left until ``deadline`` (never negative: a spent deadline still checks once)."""
+    return max(deadline - time.monotonic(), 0.0)
 
 
 _handed_out_ports: set[int] = set()
@@ -452,13 +485,17 @@ class ControlPlane(_Component):
         ``extra_tokens`` adds identities, e.g. ``("tok", "system:serviceaccount:ns:sa", "uid-1",
         ["system:serviceaccounts", "system:serviceaccounts:ns", "system:authenticated"])``.
         """
+        # Built first: ``timeout`` counts start-up only, never a cold build of minutes.
+        binaries = build(("etcd", "kube-apiserver"))
         self._begin(workdir)
         tokens = [(self.token, self.ADMIN_USER, "uid-admin", ["system:masters"]), *extra_tokens]
-        self._started(lambda: self._start(tokens, timeout=timeout))
+        self._started(lambda: self._start(tokens, binaries=binaries, timeout=timeout))
 
-    def _start(self, tokens: Sequence[TokenSpec], *, timeout: float) -> None:
+    def _start(
+        self, tokens: Sequence[TokenSpec], *, binaries: Mapping[str, Path], timeout: float
+    ) -> None:
         deadline = time.monotonic() + timeout
-        etcd_binary, apiserver_binary = binary("etcd"), binary("kube-apiserver")
+        etcd_binary, apiserver_binary = binaries["etcd"], binaries["kube-apiserver"]
         workdir = self.workdir
         client_port, peer_port = free_port(), free_port()
         self.etcd_url = f"http://127.0.0.1:{client_port}"
@@ -481,7 +518,7 @@ class ControlPlane(_Component):
         _wait_until(
             lambda: http_request("GET", f"{self.etcd_url}/health").status == 200,
             what=f"etcd health at {self.etcd_url}/health",
-            timeout=max(deadline - time.monotonic(), 1.0),
+            timeout=_remaining(deadline),
             watch=[etcd],
         )
 
@@ -533,7 +570,7 @@ class ControlPlane(_Component):
         _wait_until(
             ready,
             what=f"kube-apiserver {self.server}/readyz",
-            timeout=max(deadline - time.monotonic(), 1.0),
+            timeout=_remaining(deadline),
             watch=[etcd, apiserver],
             interval=0.25,
         )
@@ -557,6 +594,30 @@ class ControlPlane(_Component):
             return self.running() and self.request("GET", "/readyz").status == 200
         except OSError:
             return False
+
+    def restart_apiserver(self, *, downtime: float = 0.0, timeout: float = 120.0) -> None:
+        """Stop kube-apiserver (SIGTERM) and start it again: same port, certs, tokens, etcd.
+
+        etcd keeps running, so every object survives; clients see their connections and watches
+        break and the port refuse connections for the stop, ``downtime`` seconds and the start.
+        Returns once /readyz answers ok again (``timeout`` counts the start only).
+        """
+        old = next(p for p in self._processes if p.name == "kube-apiserver" and p.alive())
+        argv = _cmdline(old.pid)  # read before the stop: the argv of this very process
+        if not argv:
+            raise ComponentError(f"cannot read kube-apiserver's command line (pid {old.pid})")
+        old.stop()
+        time.sleep(downtime)
+        new = _Process.start(old.name, argv, log_path=old.log_path, cwd=self.workdir)
+        self._processes[self._processes.index(old)] = new
+        self._save_state()
+        _wait_until(
+            lambda: self.request("GET", "/readyz").status == 200,
+            what=f"restarted kube-apiserver {self.server}/readyz",
+            timeout=timeout,
+            watch=list(self._processes),
+            interval=0.25,
+        )
 
     def write_kubeconfig(
         self,
@@ -669,11 +730,16 @@ class ConsulAgent(_Component):
         return f"http://{self.address}"
 
     def start(self, workdir: Path, *, timeout: float = 60.0) -> None:
-        """Start the agent; return once it has a leader (and, with ACLs, the token works)."""
-        self._begin(workdir)
-        self._started(lambda: self._start(timeout))
+        """Start the agent; return once it has a leader (and, with ACLs, the token works).
 
-    def _start(self, timeout: float) -> None:
+        The binary is built first; ``timeout`` counts start-up only.
+        """
+        executable = binary("consul")
+        self._begin(workdir)
+        self._started(lambda: self._start(executable, timeout=timeout))
+
+    def _start(self, executable: Path, *, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
         self.http_port = free_port()
         hcl = list(self.extra_hcl)
         if self.acl_master_token is not None:
@@ -685,7 +751,7 @@ class ConsulAgent(_Component):
         if self.http_max_conns_per_client is not None:
             hcl.append(f"limits {{ http_max_conns_per_client = {self.http_max_conns_per_client} }}")
         argv = [
-            str(binary("consul")),
+            str(executable),
             "agent",
             "-dev",
             f"-node={self.node_name}",
@@ -706,16 +772,43 @@ class ConsulAgent(_Component):
         _wait_until(
             lambda: http_request("GET", f"{self.url}/v1/status/leader").json() not in ("", None),
             what=f"a Consul leader at {self.url}/v1/status/leader",
-            timeout=timeout,
+            timeout=_remaining(deadline),
             watch=[agent],
         )
         if self.acl_master_token is not None:
             _wait_until(
                 lambda: self.request("GET", "/v1/acl/token/self").status == 200,
                 what="the Consul initial management token to work",
-                timeout=timeout,
+                timeout=_remaining(deadline),
                 watch=[agent],
             )
+
+    def restart(self, *, kill: bool = False, downtime: float = 0.0, timeout: float = 60.0) -> None:
+        """Stop the agent and start it again with the same command line: the same ports.
+
+        A dev agent keeps nothing: the new one starts empty and replays the same raft index
+        sequence, which is what a Consul restart looks like to a client. ``kill`` sends SIGKILL
+        (no graceful leave) instead of SIGTERM. Returns once the new agent has a leader
+        (``timeout`` counts the start only).
+        """
+        old = next(p for p in self._processes if p.name == "consul" and p.alive())
+        argv = _cmdline(old.pid)  # read before the stop: the argv of this very process
+        if not argv:
+            raise ComponentError(f"cannot read consul's command line (pid {old.pid})")
+        if kill:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(old.pid, signal.SIGKILL)
+        old.stop()  # with kill: waits until the killed process is gone
+        time.sleep(downtime)
+        new = _Process.start(old.name, argv, log_path=old.log_path, cwd=self.workdir)
+        self._processes[self._processes.index(old)] = new
+        self._save_state()
+        _wait_until(
+            lambda: self.request("GET", "/v1/status/leader").json() not in ("", None),
+            what=f"a leader on the restarted Consul agent {self.url}",
+            timeout=timeout,
+            watch=[new],
+        )
 
     def _state(self) -> dict[str, Any]:
         return {"http_port": self.http_port, "acl_master_token": self.acl_master_token}
@@ -786,17 +879,22 @@ class Prometheus(_Component):
         return self.workdir / "prometheus.yml"
 
     def start(self, workdir: Path, *, timeout: float = 60.0) -> None:
-        """Write the config to ``workdir``, start Prometheus; return once /-/ready answers."""
-        self._begin(workdir)
-        self._started(lambda: self._start(timeout))
+        """Write the config to ``workdir``, start Prometheus; return once /-/ready answers.
 
-    def _start(self, timeout: float) -> None:
+        The binary is built first; ``timeout`` counts start-up only.
+        """
+        executable = binary("prometheus")
+        self._begin(workdir)
+        self._started(lambda: self._start(executable, timeout=timeout))
+
+    def _start(self, executable: Path, *, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
         self.write_config(self.config)
         self.port = free_port()
         process = self._spawn(
             "prometheus",
             [
-                str(binary("prometheus")),
+                str(executable),
                 f"--config.file={self.config_file}",
                 f"--storage.tsdb.path={self.workdir / 'data'}",
                 f"--web.listen-address=127.0.0.1:{self.port}",
@@ -807,7 +905,7 @@ class Prometheus(_Component):
         _wait_until(
             lambda: http_request("GET", f"{self.url}/-/ready").status == 200,
             what=f"Prometheus {self.url}/-/ready",
-            timeout=timeout,
+            timeout=_remaining(deadline),
             watch=[process],
         )
 
@@ -954,14 +1052,19 @@ class PrometheusOperator(_Component):
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, workdir: Path, *, timeout: float = 120.0) -> None:
-        """Start the operator; return once its web server answers /healthz."""
-        self._begin(workdir)
-        self._started(lambda: self._start(timeout))
+        """Start the operator; return once its web server answers /healthz.
 
-    def _start(self, timeout: float) -> None:
+        The binary is built first; ``timeout`` counts start-up only.
+        """
+        executable = binary("prometheus-operator")
+        self._begin(workdir)
+        self._started(lambda: self._start(executable, timeout=timeout))
+
+    def _start(self, executable: Path, *, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
         self.port = free_port()
         argv = [
-            str(binary("prometheus-operator")),
+            str(executable),
             f"--web.listen-address=127.0.0.1:{self.port}",
             "--log-level=info",
         ]
@@ -973,7 +1076,7 @@ class PrometheusOperator(_Component):
         _wait_until(
             lambda: http_request("GET", f"{self.url}/healthz").status == 200,
             what=f"prometheus-operator {self.url}/healthz",
-            timeout=timeout,
+            timeout=_remaining(deadline),
             watch=[process],
             interval=0.25,
         )
@@ -1010,7 +1113,8 @@ def _cluster_up(_: argparse.Namespace) -> int:
         if plane is not None:
             plane.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-        print("starting etcd + kube-apiserver (binaries built by hack/bins/build.sh if missing)")
+        build(("etcd", "kube-apiserver"))
+        print("starting etcd + kube-apiserver", flush=True)
         plane = ControlPlane()
         plane.start(workdir)
     kubeconfig = plane.write_kubeconfig(LOCAL_DIR / "kubeconfig")
@@ -1057,6 +1161,16 @@ def _consul_up(args: argparse.Namespace) -> int:
         + (f" CONSUL_HTTP_TOKEN={agent.acl_master_token}" if agent.acl_master_token else "")
         + "\nstop it with: python -m tests.support.components consul-down"
     )
+    return 0
+
+
+def _build(args: argparse.Namespace) -> int:
+    unknown = sorted(set(args.names) - set(COMPONENTS))
+    if unknown:
+        print(f"unknown components {unknown}; known: {', '.join(COMPONENTS)}", file=sys.stderr)
+        return 2
+    for name, path in build(args.names or COMPONENTS).items():
+        print(f"{name}: {path}")
     return 0
 
 
@@ -1108,6 +1222,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=f"Run the real components in the background; state under {LOCAL_DIR}.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    build_command = commands.add_parser(
+        "build", help="build (or find) components before starting any, with progress"
+    )
+    build_command.add_argument("names", nargs="*", metavar="NAME", help=", ".join(COMPONENTS))
     commands.add_parser("cluster-up", help="etcd + kube-apiserver; writes .local/kubeconfig")
     commands.add_parser("cluster-down", help="stop the control plane (and prometheus-operator)")
     consul = commands.add_parser(
@@ -1120,6 +1238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser("prometheus-operator-down", help="stop prometheus-operator")
     args = parser.parse_args(argv)
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
+        "build": _build,
         "cluster-up": _cluster_up,
         "cluster-down": _cluster_down,
         "consul-up": _consul_up,
@@ -1150,6 +1269,7 @@ __all__ = [
     "TokenSpec",
     "apply_crds",
     "binary",
+    "build",
     "crd_documents",
     "free_port",
     "http_request",

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
+from consul_sd.cli import build_parser, load_spec
 from consul_sd.outputs import config_map_shards
 from consul_sd.spec import ConsulDiscoverySpec, parse_spec
 from consul_sd.targets import Target
@@ -110,20 +111,41 @@ def test_the_file_sd_glob_matches_the_keys_the_operator_writes_and_no_other() ->
     assert not fnmatch.fnmatch(f"{mount}/payments-targets-0.json", pattern)
 
 
-def test_the_prometheus_cr_selects_the_example_scrape_configs() -> None:
+def test_the_prometheus_cr_selects_the_example_scrape_configs_in_its_own_namespace() -> None:
     prometheus = find("Prometheus", "main")["spec"]
+    # null: the ScrapeConfigs of the Prometheus object's own namespace, wherever it is applied.
+    assert prometheus["scrapeConfigNamespaceSelector"] is None
     wanted = prometheus["scrapeConfigSelector"]["matchLabels"]
-    namespace_labels = find("Namespace", "monitoring")["metadata"]["labels"]
-    assert (
-        prometheus["scrapeConfigNamespaceSelector"]["matchLabels"].items()
-        <= namespace_labels.items()
-    )
     selected = [
         name
-        for name, (doc, spec) in discoveries().items()
+        for name, (_, spec) in discoveries().items()
         if spec.output is not None
         and spec.output.scrape_config is not None
         and wanted.items() <= spec.output.scrape_config.labels.items()
-        and doc["metadata"]["namespace"] == "monitoring"
     ]
     assert sorted(selected) == ["edge", "platform"]
+
+
+def test_no_example_carries_a_secret_the_user_creates() -> None:
+    """README step 3 creates the token Secret; applying an example must never replace it."""
+    kinds = {doc["kind"] for path in FILES for doc in documents(path)}
+    assert "Secret" not in kinds
+
+
+def test_no_example_names_a_namespace_so_kubectl_apply_n_works_anywhere() -> None:
+    for path in FILES:
+        for doc in documents(path):
+            assert doc["kind"] != "Namespace", path
+            assert "namespace" not in doc["metadata"], (path, doc["metadata"])
+
+
+def test_every_consul_discovery_example_is_a_valid_discover_spec_file() -> None:
+    """``consul-sd discover --spec FILE`` takes each example file as it is."""
+    files = [p for p in FILES if any(d["kind"] == "ConsulDiscovery" for d in documents(p))]
+    assert len(files) >= 4
+    for path in files:
+        args = build_parser().parse_args(["discover", "--spec", str(path), "--once"])
+        spec = load_spec(args)
+        (expected,) = [d for d in documents(path) if d["kind"] == "ConsulDiscovery"]
+        assert spec.consul.server == expected["spec"]["consul"]["server"]
+        assert spec.mode == expected["spec"]["mode"]
