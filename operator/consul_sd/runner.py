@@ -63,6 +63,8 @@ logger = logging.getLogger(__name__)
 STATUS_MIN_INTERVAL = 10.0
 SECRET_RECHECK_SECONDS = 60.0
 RESTART_BACKOFF_CAP = 60.0
+# A worker that ran this long before it failed starts its backoff from the beginning again.
+STABLE_RUN_SECONDS = 300.0
 
 __all__ = ["GenerationSink", "KubeAPI", "Problem", "run_generation"]
 
@@ -338,11 +340,15 @@ async def run_generation(
     allowance = 3 * max(spec.refresh_seconds, spec.watch_seconds) + RESTART_BACKOFF_CAP
     PROGRESS.track(_key(ref), allowance=allowance)
     failures = 0
+    loop = asyncio.get_running_loop()
     while True:
+        started = loop.time()
         try:
             await _run_worker(kube=kube, sink=sink, spec=spec)
             failures = 0
         except Exception as exc:  # the boundary: every failure ends in status and an event
+            if loop.time() - started > STABLE_RUN_SECONDS:
+                failures = 0  # a failure after a long good run is a new story, not the next try
             problem = describe_failure(exc)
             _log_failure(ref, problem, exc)
             await sink.report_blocked(problem)

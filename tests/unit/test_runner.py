@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import json
 import logging
 from collections import Counter
@@ -463,3 +464,30 @@ async def test_a_long_first_discovery_shows_progressing_before_it_ends(
         assert writes(kube) == []
     finally:
         await stop(task)
+
+
+@pytest.mark.looptime
+async def test_a_failure_after_a_long_good_run_restarts_without_the_earlier_backoff(
+    sim: ConsulSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loop = asyncio.get_running_loop()
+    starts: list[float] = []
+
+    async def flaky(**_: Any) -> None:
+        starts.append(loop.time())
+        if len(starts) == 5:
+            await asyncio.sleep(2 * runner.STABLE_RUN_SECONDS)  # a long good run
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(runner, "run_discovery", flaky)
+    kube = FakeKube(secrets={("consul", "token"): "t"})
+    task = asyncio.create_task(
+        run_generation(kube=kube, ref=REF, generation=1, spec_data=generation_spec(sim, "Polling"))
+    )
+    try:
+        await until(lambda: len(starts) >= 6, timeout=3600)
+    finally:
+        await stop(task)
+    pauses = [b - a for a, b in itertools.pairwise(starts)]
+    assert pauses[3] >= 8  # the backoff grew over four quick failures
+    assert pauses[4] - 2 * runner.STABLE_RUN_SECONDS <= 2  # and started over after the run
