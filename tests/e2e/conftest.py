@@ -8,12 +8,16 @@ the first e2e test runs, so a cold build never counts against a test's timeout.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from kubernetes import client as k8s
 
+from tests.e2e.operator_harness import CRD_FILE, api_client
 from tests.support.components import (
     COMPONENTS,
     ComponentError,
@@ -21,6 +25,7 @@ from tests.support.components import (
     ControlPlane,
     Prometheus,
     PrometheusOperator,
+    apply_crds,
     binary,
     install_crds,
 )
@@ -121,3 +126,23 @@ def prometheus_operator(
     operator.start(tmp_path / "prometheus-operator")
     yield operator
     operator.stop()
+
+
+@pytest.fixture(scope="session")
+def consul_sd_crd(control_plane: ControlPlane) -> None:
+    """The ConsulDiscovery CRD installed (from deploy/crds, as users install it)."""
+    apply_crds(control_plane, [yaml.safe_load(CRD_FILE.read_text())], field_manager="e2e")
+
+
+@pytest.fixture(scope="session")
+def api(control_plane: ControlPlane) -> k8s.ApiClient:
+    """An admin client of the session's apiserver."""
+    return api_client(control_plane)
+
+
+@pytest.fixture
+def namespace(api: k8s.ApiClient) -> str:
+    """A fresh namespace for one test."""
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    k8s.CoreV1Api(api).create_namespace({"metadata": {"name": name}})
+    return name

@@ -245,3 +245,17 @@ def condition(cr: dict[str, Any], kind: str) -> dict[str, Any]:
         if item["type"] == kind:
             return dict(item)
     return {}
+
+
+def get_cr(api: k8s.ApiClient, namespace: str, name: str) -> dict[str, Any]:
+    """A ConsulDiscovery as the apiserver holds it."""
+    found: dict[str, Any] = k8s.CustomObjectsApi(api).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, name
+    )
+    return found
+
+
+def create_cr(api: k8s.ApiClient, namespace: str, body: dict[str, Any]) -> None:
+    k8s.CustomObjectsApi(api).create_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, body
+    )

@@ -46,12 +46,10 @@ from urllib.parse import quote
 
 import pytest
 import urllib3
-import yaml
 from kubernetes import client as k8s
 from kubernetes import watch as k8s_watch
 
 from tests.e2e.operator_harness import (
-    CRD_FILE,
     GROUP,
     PLURAL,
     VERSION,
@@ -60,7 +58,7 @@ from tests.e2e.operator_harness import (
     api_client,
     condition,
 )
-from tests.support.components import ControlPlane, apply_crds
+from tests.support.components import ControlPlane
 
 pytestmark = pytest.mark.e2e
 
@@ -700,11 +698,6 @@ class Soak:
     def start_operator(self) -> None:
         scope = ("--namespace", self.namespace)
         self.operators.append(Operator(self.control_plane, self.workdir, scope=scope))
-
-
-@pytest.fixture(scope="module")
-def consul_sd_crd(control_plane: ControlPlane) -> None:
-    apply_crds(control_plane, [yaml.safe_load(CRD_FILE.read_text())], field_manager="e2e")
 
 
 @contextlib.contextmanager

@@ -17,32 +17,30 @@ import os
 import signal
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client as k8s
 
 from consul_sd.simulator.fleet import fleet_registrations, service_name
 from tests.e2e.operator_harness import (
-    CRD_FILE,
     GROUP,
     PLURAL,
     VERSION,
     Operator,
     Simulator,
-    api_client,
     condition,
+    create_cr,
     eventually,
+    get_cr,
     kubeconfig_via,
     sample_cr,
 )
 from tests.e2e.output_watch import OutputWatch, targets_of
 from tests.e2e.tcp_proxy import TcpProxy
-from tests.support.components import ControlPlane, apply_crds
+from tests.support.components import ControlPlane
 
 pytestmark = pytest.mark.e2e
 
@@ -51,23 +49,6 @@ pytestmark = pytest.mark.e2e
 SERVICES, GROWN, SHRUNK, INSTANCES, NODES = 100, 200, 24, 2, 10
 SHARDS, GROWN_SHARDS = 16, 32
 SHARD_BYTES = 16 * 1024
-
-
-@pytest.fixture(scope="module")
-def consul_sd_crd(control_plane: ControlPlane) -> None:
-    apply_crds(control_plane, [yaml.safe_load(CRD_FILE.read_text())], field_manager="e2e")
-
-
-@pytest.fixture(scope="module")
-def api(control_plane: ControlPlane) -> k8s.ApiClient:
-    return api_client(control_plane)
-
-
-@pytest.fixture
-def namespace(api: k8s.ApiClient) -> str:
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    k8s.CoreV1Api(api).create_namespace({"metadata": {"name": name}})
-    return name
 
 
 @pytest.fixture
@@ -117,17 +98,6 @@ def watches() -> Iterator[list[OutputWatch]]:
 
 def custom(api: k8s.ApiClient) -> k8s.CustomObjectsApi:
     return k8s.CustomObjectsApi(api)
-
-
-def get_cr(api: k8s.ApiClient, namespace: str, name: str) -> dict[str, Any]:
-    found: dict[str, Any] = custom(api).get_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, name
-    )
-    return found
-
-
-def create_cr(api: k8s.ApiClient, namespace: str, body: dict[str, Any]) -> None:
-    custom(api).create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
 
 
 def sharded_cr(name: str, *, server: str) -> dict[str, Any]:

@@ -16,31 +16,21 @@ import yaml
 from kubernetes import client as k8s
 
 from tests.e2e.operator_harness import (
-    CRD_FILE,
     GROUP,
     PLURAL,
     VERSION,
     Operator,
     Simulator,
-    api_client,
     condition,
+    create_cr,
     eventually,
+    get_cr,
     sample_cr,
 )
-from tests.support.components import ControlPlane, apply_crds
+from tests.support.components import ControlPlane
 
 pytestmark = pytest.mark.e2e
 MIB = 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def consul_sd_crd(control_plane: ControlPlane) -> None:
-    apply_crds(control_plane, [yaml.safe_load(CRD_FILE.read_text())], field_manager="e2e")
-
-
-@pytest.fixture(scope="module")
-def api(control_plane: ControlPlane) -> k8s.ApiClient:
-    return api_client(control_plane)
 
 
 @pytest.fixture(scope="module")
@@ -53,13 +43,6 @@ def operator(
     running = Operator(control_plane, tmp_path_factory.mktemp("operator"))
     yield running
     running.stop()
-
-
-@pytest.fixture
-def namespace(api: k8s.ApiClient) -> str:
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    k8s.CoreV1Api(api).create_namespace({"metadata": {"name": name}})
-    return name
 
 
 @pytest.fixture
@@ -78,17 +61,6 @@ def simulator(tmp_path: Path) -> Iterator[Callable[..., Simulator]]:
 
 def custom(api: k8s.ApiClient) -> k8s.CustomObjectsApi:
     return k8s.CustomObjectsApi(api)
-
-
-def get_cr(api: k8s.ApiClient, namespace: str, name: str) -> dict[str, Any]:
-    result: dict[str, Any] = custom(api).get_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, name
-    )
-    return result
-
-
-def create_cr(api: k8s.ApiClient, namespace: str, body: dict[str, Any]) -> None:
-    custom(api).create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
 
 
 def patch_spec(api: k8s.ApiClient, namespace: str, name: str, spec: dict[str, Any]) -> None:

@@ -8,43 +8,26 @@ restarted worker dropped the failing service's targets).
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client as k8s
 
 from tests.e2e.operator_harness import (
-    CRD_FILE,
     GROUP,
     PLURAL,
     VERSION,
     Operator,
     Simulator,
-    api_client,
     condition,
     eventually,
     sample_cr,
 )
-from tests.support.components import ControlPlane, apply_crds
+from tests.support.components import ControlPlane
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def api(control_plane: ControlPlane) -> k8s.ApiClient:
-    apply_crds(control_plane, [yaml.safe_load(CRD_FILE.read_text())], field_manager="e2e")
-    return api_client(control_plane)
-
-
-@pytest.fixture
-def namespace(api: k8s.ApiClient) -> str:
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    k8s.CoreV1Api(api).create_namespace({"metadata": {"name": name}})
-    return name
 
 
 @pytest.fixture
@@ -80,6 +63,7 @@ def status(api: k8s.ApiClient, namespace: str) -> dict[str, Any]:
 def test_a_service_failing_across_an_operator_kill_keeps_its_targets_while_others_update(
     api: k8s.ApiClient,
     control_plane: ControlPlane,
+    consul_sd_crd: None,
     namespace: str,
     sim: Simulator,
     tmp_path: Path,
