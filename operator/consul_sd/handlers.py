@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import copy
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -66,6 +67,7 @@ async def run_consul_discovery(
     uid: str,
     meta: kopf.Meta,
     spec: kopf.Spec,
+    status: kopf.Status,
     stopped: kopf.DaemonStopped,
     logger: logging.Logger | logging.LoggerAdapter[Any],
     memo: kopf.Memo,
@@ -106,6 +108,7 @@ async def run_consul_discovery(
                         generation=generation,
                         # A copy: kopf updates the live spec view in place.
                         spec_data=copy.deepcopy(dict(spec)),
+                        ready_before=was_ready(status, generation=generation),
                     ),
                     name=f"consul-sd {namespace}/{name}",
                 )
@@ -114,6 +117,16 @@ async def run_consul_discovery(
         await _stop(runner)
         metrics.forget(namespace, name)
         PROGRESS.forget(f"{namespace}/{name}")
+
+
+def was_ready(status: Mapping[str, Any], *, generation: int) -> bool:
+    """Whether the status says this generation's outputs were written completely."""
+    if status.get("observedGeneration") != generation:
+        return False
+    return any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in status.get("conditions") or []
+    )
 
 
 async def _stop(task: asyncio.Task[None] | None) -> None:

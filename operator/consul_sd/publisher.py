@@ -164,6 +164,14 @@ class OutputPublisher:
                     size=_payload_size(kind, payload),
                 )
                 found.setdefault(kind, set()).update(members)
+                self.outputs.append(
+                    {
+                        "kind": kind,
+                        "name": meta["name"],
+                        "targets": len(members),
+                        "bytes": _payload_size(kind, payload),
+                    }
+                )
             self._shards[kind] = len(owned)
         # Both kinds hold the same targets; a crash between two writes may leave one target in
         # two objects, hence the set.

@@ -55,7 +55,7 @@ from consul_sd.status import (
     REASON_SERVICES_FAILING,
     REASON_SYNCED,
 )
-from consul_sd.targets import TargetGroup
+from consul_sd.targets import TargetGroup, count_targets
 from consul_sd.workers import DiscoveryQuery, Snapshot, is_permanent, is_publishable, run_discovery
 
 logger = logging.getLogger(__name__)
@@ -250,9 +250,12 @@ class GenerationSink:
         ref: DiscoveryRef,
         generation: int,
         spec: ConsulDiscoverySpec,
+        ready_before: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``ready_before``: the status said Ready for this generation (an operator restart)."""
         assert spec.output is not None, "the runner requires an output"
+        self._ready_before = ready_before
         self.ref = ref
         self.outputs = OutputPublisher(kube=kube, ref=ref, output=spec.output)
         self.status = StatusReporter(kube=kube, ref=ref, generation=generation, clock=clock)
@@ -269,6 +272,14 @@ class GenerationSink:
     async def resume(self) -> None:
         self.seed = await self.outputs.resume()
         self.resumed = True
+        if self._ready_before and self.seed:
+            # This generation was written completely before the restart, and the outputs still
+            # hold it: Ready stays True, and the new worker updates it like any later snapshot.
+            self.written = Written(
+                targets=count_targets(self.seed),
+                services=len(self.seed),
+                outputs=self.outputs.outputs,
+            )
 
     async def publish(self, snapshot: Snapshot) -> None:
         ns, cr = self.ref.namespace, self.ref.name
@@ -323,8 +334,13 @@ async def run_generation(
     ref: DiscoveryRef,
     generation: int,
     spec_data: Mapping[str, Any],
+    ready_before: bool = False,
 ) -> None:
-    """Run one generation of a ConsulDiscovery until cancelled (by a spec change or deletion)."""
+    """Run one generation of a ConsulDiscovery until cancelled (by a spec change or deletion).
+
+    ``ready_before``: its status said Ready for this generation when the runner started (after
+    an operator restart), so the outputs it holds are a complete set of this generation.
+    """
     reporter = StatusReporter(kube=kube, ref=ref, generation=generation)
     try:
         spec = parse_spec(spec_data, require_output=True)
@@ -336,7 +352,9 @@ async def run_generation(
         await reporter.report(snapshot=None, problem=problem, written=None)
         await asyncio.Event().wait()  # nothing to run until the spec changes
         return
-    sink = GenerationSink(kube=kube, ref=ref, generation=generation, spec=spec)
+    sink = GenerationSink(
+        kube=kube, ref=ref, generation=generation, spec=spec, ready_before=ready_before
+    )
     allowance = 3 * max(spec.refresh_seconds, spec.watch_seconds) + RESTART_BACKOFF_CAP
     PROGRESS.track(_key(ref), allowance=allowance)
     failures = 0

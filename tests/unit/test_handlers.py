@@ -56,12 +56,20 @@ class Runners:
     def __init__(self, *, crashes: int = 0) -> None:
         self.events: list[tuple[str, int, float]] = []
         self.specs: list[dict[str, Any]] = []
+        self.ready_before: list[bool] = []
         self._crashes = crashes
 
     async def __call__(
-        self, *, kube: Any, ref: DiscoveryRef, generation: int, spec_data: dict[str, Any]
+        self,
+        *,
+        kube: Any,
+        ref: DiscoveryRef,
+        generation: int,
+        spec_data: dict[str, Any],
+        ready_before: bool,
     ) -> None:
         assert isinstance(kube, NoKube)
+        self.ready_before.append(ready_before)
         assert ref == DiscoveryRef(namespace=NAMESPACE, name=NAME, uid="uid-1")
         now = asyncio.get_running_loop().time
         self.events.append(("started", generation, now()))
@@ -86,6 +94,7 @@ class Daemon:
         monkeypatch.setattr(handlers, "run_generation", runners)
         self.meta: dict[str, Any] = {"generation": 1}
         self.spec: dict[str, Any] = {"mode": "Polling"}
+        self.status: dict[str, Any] = {}
         self.stopped = Stopped()
         kwargs: dict[str, Any] = {
             "name": NAME,
@@ -93,6 +102,7 @@ class Daemon:
             "uid": "uid-1",
             "meta": self.meta,
             "spec": self.spec,
+            "status": self.status,
             "stopped": self.stopped,
             "logger": logging.getLogger("kopf.objects"),
             "memo": kopf.Memo(kube=NoKube()),
@@ -181,3 +191,18 @@ async def test_stopping_cancels_the_runner_and_forgets_the_crs_metrics(
     assert took <= handlers.GENERATION_POLL_SECONDS
     assert REGISTRY.get_sample_value("consul_sd_targets", labels) is None
     assert progress.stalled() == []
+
+
+@pytest.mark.parametrize(
+    ("status", "ready_before"),
+    [
+        ({}, False),
+        ({"observedGeneration": 1, "conditions": [{"type": "Ready", "status": "True"}]}, True),
+        ({"observedGeneration": 1, "conditions": [{"type": "Ready", "status": "False"}]}, False),
+        ({"observedGeneration": 0, "conditions": [{"type": "Ready", "status": "True"}]}, False),
+    ],
+)
+def test_a_runner_starts_ready_only_when_status_says_this_generation_was_ready(
+    status: dict[str, Any], ready_before: bool
+) -> None:
+    assert handlers.was_ready(status, generation=1) is ready_before

@@ -491,3 +491,37 @@ async def test_a_failure_after_a_long_good_run_restarts_without_the_earlier_back
     pauses = [b - a for a, b in itertools.pairwise(starts)]
     assert pauses[3] >= 8  # the backoff grew over four quick failures
     assert pauses[4] - 2 * runner.STABLE_RUN_SECONDS <= 2  # and started over after the run
+
+
+@pytest.mark.looptime
+@pytest.mark.parametrize("ready_before", [True, False])
+async def test_an_operator_restart_during_an_outage_keeps_ready_only_if_it_was_ready(
+    sim: ConsulSimulator, ready_before: bool
+) -> None:
+    kube = FakeKube(secrets={("consul", "token"): "t"})
+    spec = generation_spec(sim, "Polling")
+    first = asyncio.create_task(run_generation(kube=kube, ref=REF, generation=1, spec_data=spec))
+    everything = set(sim.catalog.service_names())
+    await until(lambda: held_services(kube) == everything)
+    await stop(first)
+    sim.faults.error_rate = 1.0
+    kube.statuses.clear()
+    restarted = asyncio.create_task(
+        run_generation(kube=kube, ref=REF, generation=1, spec_data=spec, ready_before=ready_before)
+    )
+    try:
+        await until(
+            lambda: (
+                bool(kube.statuses) and condition(kube.statuses[-1], "Degraded")["status"] == "True"
+            )
+        )
+    finally:
+        await stop(restarted)
+    status = kube.statuses[-1]
+    assert held_services(kube) == everything
+    if ready_before:
+        assert condition(status, "Ready")["status"] == "True"
+        assert status["targets"] == 5
+        assert condition(status, "Ready")["message"].startswith("5 targets from 5 services")
+    else:
+        assert condition(status, "Ready")["status"] == "False"
