@@ -302,6 +302,11 @@ class ConsulClient:
                 enable_cleanup_closed=True,
             )
             self._session = aiohttp.ClientSession(connector=connector, headers=self._headers)
+            # aiohttp silently sends a request again, with the same URL, when a connection drops
+            # before the answer. For a long-poll that is the old index sent to a Consul that
+            # may have restarted without its data: every retry goes through _get instead, which
+            # turns it into a plain read. (No public switch; the attribute is aiohttp's own.)
+            self._session._retry_connection = False
         return self._session
 
     async def close(self) -> None:
@@ -447,14 +452,7 @@ class ConsulClient:
         denied_if_empty: bool = False,
     ) -> tuple[Any, int]:
         session = self._open_session()
-        # One pre-encoded URL: aiohttp's per-request params merging and re-quoting cost more
-        # than the rest of a small request together.
-        query = "?" + urlencode(params, quote_via=quote) if params else ""
-        url = URL(self.endpoint.base_url + path + query, encoded=True)
-        if wait is not None and any(key == "index" for key, _ in params):
-            timeout = aiohttp.ClientTimeout(total=wait + wait / 16 + _BLOCKING_MARGIN)
-        else:
-            timeout = aiohttp.ClientTimeout(total=self._request_timeout)
+        url, timeout = self._request_url(path=path, params=params, wait=wait)
         attempt = 0
         while True:
             started = time.monotonic()
@@ -475,6 +473,12 @@ class ConsulClient:
                 attempt += 1
                 if not error.retryable or attempt >= self._retry.attempts:
                     raise
+                if isinstance(error, ConsulUnreachable) and any(k == "index" for k, _ in params):
+                    # Consul may have restarted without its data and replay the same index with
+                    # other content: the retry is a plain read, fully decoded.
+                    params = [(k, v) for k, v in params if k not in ("index", "wait")]
+                    url, timeout = self._request_url(path=path, params=params, wait=None)
+                    unchanged_index = None
                 await asyncio.sleep(
                     backoff_delay(
                         attempt - 1,
@@ -487,6 +491,18 @@ class ConsulClient:
             self.concurrency.record_success()
             self._record(endpoint=endpoint, outcome="ok", started=started)
             return result
+
+    def _request_url(
+        self, *, path: str, params: list[tuple[str, str]], wait: float | None
+    ) -> tuple[URL, aiohttp.ClientTimeout]:
+        """The pre-encoded URL and the timeout of one request (a long-poll gets its wait)."""
+        # One pre-encoded URL: aiohttp's per-request params merging and re-quoting cost more
+        # than the rest of a small request together.
+        query = "?" + urlencode(params, quote_via=quote) if params else ""
+        url = URL(self.endpoint.base_url + path + query, encoded=True)
+        if wait is not None and any(key == "index" for key, _ in params):
+            return url, aiohttp.ClientTimeout(total=wait + wait / 16 + _BLOCKING_MARGIN)
+        return url, aiohttp.ClientTimeout(total=self._request_timeout)
 
     def _record(self, *, endpoint: str, outcome: str, started: float) -> None:
         self.stats.counts[(endpoint, outcome)] += 1

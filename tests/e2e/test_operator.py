@@ -293,19 +293,24 @@ def test_twenty_thousand_targets_shard_under_the_limits_and_one_change_rewrites_
         for m in config_maps(api, namespace, "big").values()
     }
     assert sum(after[name] != versions[name] for name in versions) == 1
-    sc_after = custom(api).list_namespaced_custom_object(
-        "monitoring.coreos.com",
-        "v1alpha1",
-        namespace,
-        "scrapeconfigs",
-        label_selector="consul-sd.io/discovery=big",
-    )["items"]
-    changed = [
-        sc["metadata"]["name"]
-        for sc in sc_after
-        if sc["metadata"]["resourceVersion"] != sc_versions.get(sc["metadata"]["name"])
-    ]
-    assert len(changed) == 1
+
+    def scrape_configs_changed() -> list[str]:
+        listed = custom(api).list_namespaced_custom_object(
+            "monitoring.coreos.com",
+            "v1alpha1",
+            namespace,
+            "scrapeconfigs",
+            label_selector="consul-sd.io/discovery=big",
+        )["items"]
+        return [
+            sc["metadata"]["name"]
+            for sc in listed
+            if sc["metadata"]["resourceVersion"] != sc_versions.get(sc["metadata"]["name"])
+        ]
+
+    # The ScrapeConfigs are written after the ConfigMaps, in the same pass.
+    eventually(scrape_configs_changed, timeout=60, what="the ScrapeConfig with the new instance")
+    assert len(scrape_configs_changed()) == 1
 
 
 def test_prometheus_operator_renders_our_targets_into_its_config_secret(

@@ -789,7 +789,8 @@ class ConsulAgent(_Component):
         A dev agent keeps nothing: the new one starts empty and replays the same raft index
         sequence, which is what a Consul restart looks like to a client. ``kill`` sends SIGKILL
         (no graceful leave) instead of SIGTERM. Returns once the new agent has a leader
-        (``timeout`` counts the start only).
+        (``timeout`` counts the start only). Another program may take one of the ports while the
+        agent is down (they come from ``free_port``): the start then fails with the agent's log.
         """
         old = next(p for p in self._processes if p.name == "consul" and p.alive())
         argv = _cmdline(old.pid)  # read before the stop: the argv of this very process

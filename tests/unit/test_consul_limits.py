@@ -312,3 +312,32 @@ async def test_a_health_filter_consul_cannot_compile_names_the_filter_and_is_not
     )
     assert "boolean expression evaluator" not in message  # Consul's reason, not its preamble
     assert caught.value.reason == "ConsulBadRequest"
+
+
+# --- a restart under a long-poll -----------------------------------------------------------
+
+
+async def test_a_long_poll_broken_by_a_restart_is_retried_as_a_plain_fully_decoded_read() -> None:
+    """A Consul restarted without its data answers the old index with other content."""
+    asked: list[dict[str, str]] = []
+
+    async def restarting(request: web.Request) -> web.StreamResponse:
+        asked.append(dict(request.query))
+        if len(asked) == 1:
+            assert request.transport is not None
+            request.transport.close()  # the agent died with the long-poll parked
+            return web.Response()
+        entry = {"Node": {"Node": "n", "Address": "10.0.0.2"}, "Service": {"ID": "a", "Port": 81}}
+        return web.json_response([entry], headers={"X-Consul-Index": "19"})
+
+    async with serve(restarting) as server, consul_at(server) as client:
+        instances, index = await client.service_instances(
+            "web", index=19, wait=10.0, unchanged_index=19
+        )
+    assert len(asked) == 2, asked
+    assert "index" in asked[0]
+    assert "index" not in asked[1]
+    assert "wait" not in asked[1]
+    assert index == 19
+    assert instances is not None
+    assert [i.service_port for i in instances] == [81]
