@@ -350,6 +350,7 @@ async def run_generation(
         logger.warning("%s: invalid spec: %s", _key(ref), exc)
         problem = Problem(REASON_INVALID_SPEC, str(exc))
         await reporter.report(snapshot=None, problem=problem, written=None)
+        PROGRESS.forget(_key(ref))  # no loop runs: the previous generation's must not look stuck
         await asyncio.Event().wait()  # nothing to run until the spec changes
         return
     sink = GenerationSink(

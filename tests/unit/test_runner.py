@@ -29,6 +29,7 @@ from consul_sd.kube import (
     SecretNotFound,
     decode_secret_value,
 )
+from consul_sd.progress import Progress
 from consul_sd.runner import GenerationSink, Problem, run_generation
 from consul_sd.simulator import ConsulSimulator
 from consul_sd.spec import parse_spec
@@ -525,3 +526,28 @@ async def test_an_operator_restart_during_an_outage_keeps_ready_only_if_it_was_r
         assert condition(status, "Ready")["message"].startswith("5 targets from 5 services")
     else:
         assert condition(status, "Ready")["status"] == "False"
+
+
+@pytest.mark.looptime
+async def test_an_invalid_spec_after_a_running_generation_never_fails_liveness(
+    sim: ConsulSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = [0.0]
+    progress = Progress(lambda: now[0])
+    monkeypatch.setattr(runner, "PROGRESS", progress)
+    kube = FakeKube(secrets={("consul", "token"): "t"})
+    first = asyncio.create_task(
+        run_generation(kube=kube, ref=REF, generation=1, spec_data=generation_spec(sim, "Polling"))
+    )
+    await until(lambda: bool(writes(kube)))
+    await stop(first)  # a spec edit: kopf cancels generation 1
+    invalid = {**generation_spec(sim, "Polling"), "refreshInterval": "1ms"}
+    second = asyncio.create_task(
+        run_generation(kube=kube, ref=REF, generation=2, spec_data=invalid)
+    )
+    try:
+        await until(lambda: condition(kube.statuses[-1], "Ready")["reason"] == "InvalidSpec")
+        now[0] += 24 * 3600  # a day with nothing to run
+        assert progress.stalled() == []
+    finally:
+        await stop(second)
