@@ -297,9 +297,12 @@ def resolve_endpoint(spec: ConsulDiscoverySpec, args: argparse.Namespace) -> Con
 
 def _read(path: Path, flag: str) -> str:
     try:
-        return path.read_text()
+        return path.read_bytes().decode()
     except OSError as exc:
         raise UsageError(f"{flag} {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        # The error's own text quotes the bytes, which may be a credential.
+        raise UsageError(f"{flag} {path}: not UTF-8 text (byte {exc.start})") from None
 
 
 def run_discover_command(args: argparse.Namespace) -> int:

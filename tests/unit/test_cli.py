@@ -159,3 +159,28 @@ async def test_version_and_help_answer_without_a_server() -> None:
         code, out, _ = await run(command, "--help")
         assert code == 0
         assert "usage: consul-sd " + command in out
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"\xffs3cr3t-bytes", "not UTF-8 text (byte 0)"),
+        (b"abc\ns3cr3t-bytes", "token has a character"),
+    ],
+)
+async def test_an_unusable_token_file_is_one_usage_line_without_its_bytes(
+    tmp_path: Path, content: bytes, problem: str
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_bytes(content)
+    code, out, err = await run(
+        "discover", "--server", "127.0.0.1:1", "--token-file", str(token_file), "--once"
+    )
+    assert code == 2
+    assert out == ""
+    (line,) = err.strip().splitlines()
+    assert line.startswith("consul-sd: error: --token-file: ") or line.startswith(
+        f"consul-sd: error: --token-file {token_file}: "
+    ), line
+    assert problem in line
+    assert "s3cr3t-bytes" not in err
