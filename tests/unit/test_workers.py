@@ -108,7 +108,8 @@ async def test_polling_never_has_more_requests_in_flight_than_max_concurrent(
     sim.faults.latency = 0.05
     sim.counters.reset()
     query = DiscoveryQuery(mode="Polling", max_concurrent=10, datacenter="dc1")
-    async with client_for(sim, connections=11) as client:
+    # The client allows far more: the bound below is the worker's own.
+    async with client_for(sim, connections=100) as client:
         snapshot = await discover_once(query=query, client=client)
     assert snapshot.matched == 300
     assert snapshot.targets == 600
@@ -268,7 +269,8 @@ async def test_blocking_holds_at_most_max_concurrent_long_polls(sim: ConsulSimul
     query = DiscoveryQuery(mode="Blocking", max_concurrent=10, watch_timeout=60, datacenter="dc1")
     sim.counters.reset()
     queried: dict[str, list[float]] = {}
-    async with client_for(sim, connections=11) as client:
+    # The client allows far more: the bound below is the worker's own.
+    async with client_for(sim, connections=100) as client:
         loop = asyncio.get_running_loop()
         original = client.service_instances
 
