@@ -262,6 +262,15 @@ def _credential_headers(endpoint: ConsulEndpoint) -> dict[str, str]:
     return headers
 
 
+def _credential_texts(endpoint: ConsulEndpoint, headers: Mapping[str, str]) -> list[str]:
+    """Every form in which the endpoint's credentials could come back in an answer."""
+    texts = [headers.get("X-Consul-Token", ""), headers.get("Authorization", "")]
+    texts.append(headers.get("Authorization", "").removeprefix("Basic "))
+    if endpoint.basic_auth:
+        texts.extend(endpoint.basic_auth)
+    return sorted({t for t in texts if len(t) >= 4}, key=len, reverse=True)
+
+
 class ConsulClient:
     """Async Consul reads with a connection cap, retries and typed answers."""
 
@@ -286,6 +295,9 @@ class ConsulClient:
         self._max_answer_bytes = max_answer_bytes
         self._session: aiohttp.ClientSession | None = None
         self._headers = _credential_headers(endpoint)
+        # What an error text must never carry: a server or proxy may echo the request's
+        # credentials in its answer, which becomes status, an event and a log line.
+        self._secrets = _credential_texts(endpoint, self._headers)
 
     async def __aenter__(self) -> ConsulClient:
         return self
@@ -364,8 +376,14 @@ class ConsulClient:
         wait: float | None = None,
         node_meta: Mapping[str, str] | None = None,
         filter_expr: str = "",
+        confirm_empty: bool = True,
     ) -> tuple[dict[str, tuple[str, ...]], int]:
-        """Service names with their tags from /v1/catalog/services, and the answer's index."""
+        """Service names with their tags from /v1/catalog/services, and the answer's index.
+
+        An empty list is confirmed (``confirm_empty``): if ACLs hid every service, even
+        without the filter and node-meta, the token may read none, and that is a denial, not an
+        empty fleet that would clear every target.
+        """
         params = self._query_params(
             index=index, wait=wait, node_meta=node_meta or {}, filter_expr=filter_expr
         )
@@ -374,11 +392,17 @@ class ConsulClient:
             path="/v1/catalog/services",
             params=params,
             wait=wait,
-            # Unfiltered, an empty list that ACLs filtered means the token may read no service:
-            # a denial, not an empty fleet (which would clear every target).
-            denied_if_empty=not filter_expr and not node_meta,
+            denied_if_empty=confirm_empty and not filter_expr and not node_meta,
         )
-        return _parsed(parse_service_list, data, where="/v1/catalog/services"), answered
+        services = _parsed(parse_service_list, data, where="/v1/catalog/services")
+        if not services and confirm_empty and (filter_expr or node_meta):
+            await self._get(
+                endpoint="catalog_services",
+                path="/v1/catalog/services",
+                params=self._query_params(index=0, wait=None, node_meta={}, filter_expr=""),
+                denied_if_empty=True,
+            )
+        return services, answered
 
     async def table_index(self, *, endpoint: str, path: str, filter_expr: str) -> int:
         """The index an endpoint reports, with a filter that keeps its body empty.
@@ -534,7 +558,9 @@ class ConsulClient:
                     raise _redirect_error(response, url=url, path=path)
                 if status != 200:
                     head, _ = await _read_at_most(response, _ERROR_BODY_BYTES)
-                    raise _error_for_status(status=status, body=head, path=path, url=url)
+                    raise _error_for_status(
+                        status=status, body=self._scrub(head), path=path, url=url
+                    )
                 body = await self._read_answer(response, path=path)
                 filtered = response.headers.get(_FILTERED_BY_ACLS, "").lower() == "true"
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
@@ -552,6 +578,13 @@ class ConsulClient:
                 status=status,
             )
         return data, index
+
+    def _scrub(self, body: bytes | bytearray) -> bytes:
+        """``body`` with the client's own credentials replaced by ``***``."""
+        text = bytes(body)
+        for secret in self._secrets:
+            text = text.replace(secret.encode("utf-8", "replace"), b"***")
+        return text
 
     async def _read_answer(self, response: aiohttp.ClientResponse, *, path: str) -> bytearray:
         """The body, or :class:`ConsulBadResponse` once it passes the answer size cap."""

@@ -90,9 +90,12 @@ async def resolve_endpoint(
         return None if ref is None else values[(ref.name, ref.key)]
 
     refs = dict(_named_refs(consul))
-    token = (value(refs["token"]) or "").strip() or None
+    token = value(refs["token"])
     if token is not None:
-        _check(lambda: validate_token(token), where=_where(namespace, refs["token"]))
+        raw = token
+        # A blank token would silently become the anonymous one.
+        _check(lambda: validate_token(raw), where=_where(namespace, refs["token"]))
+        token = raw.strip()
     basic_auth = None
     if consul.basic_auth_secret_ref is not None:
         user_key, password_key = _basic_auth_keys(consul)

@@ -157,11 +157,17 @@ class Kube:
         A partition that stops forwarding without closing the connection ends in a timeout,
         never a call that hangs forever.
         """
-        try:
-            response = await asyncio.to_thread(
-                function, *args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT, **kwargs
+
+        def request() -> Any:
+            # The body is read here too, in the worker thread: a body that stalls must never
+            # block the event loop (every CR's loop and kopf's share it).
+            response = function(
+                *args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT, **kwargs
             )
-            data = response.data
+            return response.data
+
+        try:
+            data = await asyncio.to_thread(request)
         except ApiException as exc:
             raise _describe(exc) from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:

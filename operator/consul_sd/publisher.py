@@ -147,6 +147,8 @@ class OutputPublisher:
 
     async def resume(self) -> dict[str, TargetGroup]:
         """Learn the objects this CR owns; return the targets they hold, by service."""
+        # A retried resume starts over: nothing from a half-finished one counts twice.
+        self.outputs, self._held, self._shards = [], {}, {}
         found: dict[OutputKind, set[Target]] = {}
         for kind in OUTPUT_KINDS:
             listed = await self.kube.list_outputs(
@@ -238,11 +240,16 @@ class OutputPublisher:
             wanted[item.kind].update((hash(t.line), t) for t in item.members)
         widened: list[_Planned] = []
         first_pass: list[tuple[_Planned, tuple[Target, ...]]] = []
+        # Targets an earlier write of this pass already put in their new object: no need to
+        # keep them (and keeping them could push an object past its size limit).
+        placed: dict[OutputKind, set[int]] = {kind: set() for kind in OUTPUT_KINDS}
         for item in sorted(planned, key=lambda p: (p.key in self._held, p.key)):
             held = self._held.get(item.key)
-            keep = held.lines - _line_hashes(item.members) if held else frozenset()
+            own = _line_hashes(item.members)
+            keep = held.lines - own - placed[item.kind] if held else frozenset()
             moving = tuple(wanted[item.kind][h] for h in sorted(keep) if h in wanted[item.kind])
             first_pass.append((item, item.members + moving))
+            placed[item.kind] |= own
             if moving:
                 widened.append(item)
         for item, members in first_pass:

@@ -461,7 +461,8 @@ async def changed_services(
         for at in range(0, len(ordered), _NODES_PER_LOOKUP):
             chunk = ordered[at : at + _NODES_PER_LOOKUP]
             on_nodes, _ = await client.list_services(
-                filter_expr=" or ".join(f"Node == `{name}`" for name in chunk)
+                filter_expr=" or ".join(f"Node == `{name}`" for name in chunk),
+                confirm_empty=False,  # a node without services is common
             )
             changed.update(on_nodes)
     except ConsulError:

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from consul_sd import consul as consul_module
 from consul_sd.consul import (
@@ -30,7 +31,9 @@ from consul_sd.consul import (
     validate_basic_auth,
     validate_token,
 )
+from consul_sd.runner import consul_problem
 from consul_sd.simulator import ConsulSimulator
+from consul_sd.workers import Snapshot
 
 pytestmark = pytest.mark.looptime
 MiB = 1024 * 1024
@@ -341,3 +344,32 @@ async def test_a_long_poll_broken_by_a_restart_is_retried_as_a_plain_fully_decod
     assert index == 19
     assert instances is not None
     assert [i.service_port for i in instances] == [81]
+
+
+# --- credentials echoed back ------------------------------------------------------------
+
+
+ECHOED_TOKEN = "8f0c1c2e-secret-token-value"
+
+
+async def test_a_server_echoing_the_token_never_puts_it_into_status() -> None:
+    async def echo(request: web.Request) -> web.Response:
+        return web.Response(
+            status=401, text=f"invalid credentials: {request.headers.get('X-Consul-Token')}"
+        )
+
+    app = web.Application()
+    app.router.add_get("/v1/health/service/{name}", echo)
+    async with TestServer(app, host="127.0.0.1") as test_server:
+        endpoint = ConsulEndpoint(server=f"127.0.0.1:{test_server.port}", token=ECHOED_TOKEN)
+        async with ConsulClient(
+            endpoint=endpoint, max_connections=2, retry=RetryPolicy(attempts=1)
+        ) as client:
+            with pytest.raises(ConsulError) as raised:
+                await client.service_instances("web")
+    snapshot = Snapshot(
+        groups={}, mode="Polling", complete=False, matched=1, failed={"web": raised.value}
+    )
+    problem = consul_problem(snapshot)
+    assert problem is not None
+    assert ECHOED_TOKEN not in problem.message, f"status message: {problem.message}"

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
+import threading
+import time
 from typing import Any
 
 import pytest
 import urllib3
+from kubernetes import client as k8s
 
 from consul_sd.kube import REQUEST_TIMEOUT, DiscoveryRef, Kube, KubeError
 
@@ -68,3 +73,49 @@ async def test_a_connection_that_breaks_is_a_kube_error_not_a_crash() -> None:
 
     with pytest.raises(KubeError, match="apiserver unreachable: ProtocolError"):
         await kube_with(Broken()).patch_status(ref=REF, status={})
+
+
+STALL = 1.5
+
+
+def serve_once(listener: socket.socket) -> None:
+    conn, _ = listener.accept()
+    with conn:
+        conn.recv(65536)
+        body = json.dumps({"metadata": {"name": "cr-0", "uid": "u"}, "data": {}}).encode()
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        )
+        time.sleep(STALL)  # headers sent, body late
+        conn.sendall(body)
+
+
+async def test_a_stalled_apiserver_body_never_blocks_the_event_loop() -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    thread = threading.Thread(target=serve_once, args=(listener,), daemon=True)
+    thread.start()
+    configuration = k8s.Configuration()
+    configuration.host = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    kube = Kube(k8s.ApiClient(configuration))
+    gaps: list[float] = []
+
+    async def ticker() -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(0.05)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    ticking = asyncio.create_task(ticker())
+    try:
+        result = await kube.read_output(namespace="ns", kind="ConfigMap", name="cr-0")
+        await asyncio.sleep(0.2)  # let the ticker see the gap, if any
+    finally:
+        ticking.cancel()
+        listener.close()
+    assert result["metadata"]["name"] == "cr-0"
+    assert max(gaps) < 0.5, f"the event loop was blocked for {max(gaps):.2f}s"

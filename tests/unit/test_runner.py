@@ -551,3 +551,56 @@ async def test_an_invalid_spec_after_a_running_generation_never_fails_liveness(
         assert progress.stalled() == []
     finally:
         await stop(second)
+
+
+@pytest.fixture
+async def acl_sim() -> AsyncIterator[ConsulSimulator]:
+    async with ConsulSimulator(jitter=False, acl_token="good-token") as simulator:
+        simulator.generate(services=5, instances=1, nodes=2)
+        yield simulator
+
+
+def acl_spec(sim: ConsulSimulator, *, filtered: bool) -> dict[str, Any]:
+    consul: dict[str, Any] = {
+        "server": sim.address,
+        "datacenter": "dc1",
+        "tokenSecretRef": {"name": "consul", "key": "token"},
+    }
+    if filtered:
+        consul_filter = {"selector": {"filter": 'ServiceName != "nothing-is-called-this"'}}
+    else:
+        consul_filter = {}
+    return {
+        "consul": consul,
+        **consul_filter,
+        "mode": "Polling",
+        "refreshInterval": "5s",
+        "output": {"configMap": {"name": "cr"}},
+    }
+
+
+@pytest.mark.looptime
+@pytest.mark.parametrize("filtered", [False, True], ids=["no-filter", "with-filter"])
+async def test_a_token_that_can_read_no_service_never_empties_the_outputs(
+    acl_sim: ConsulSimulator, filtered: bool
+) -> None:
+    sim = acl_sim
+    kube = FakeKube(secrets={("consul", "token"): "good-token"})
+    task = asyncio.create_task(
+        run_generation(kube=kube, ref=REF, generation=1, spec_data=acl_spec(sim, filtered=filtered))
+    )
+    try:
+        everything = set(sim.catalog.service_names())
+        await until(lambda: held_services(kube) == everything)
+        # The Secret is rotated to a blank value (or, on a real Consul, the token's policy
+        # loses service:read): every answer is ACL-filtered to nothing.
+        kube.secrets[("consul", "token")] = "  \n"
+        await asyncio.sleep(3 * 60)
+        status = kube.statuses[-1]
+        assert held_services(kube) == everything, (
+            f"outputs now hold {sorted(held_services(kube))}; Ready="
+            f"{condition(status, 'Ready')['status']}/{condition(status, 'Ready')['reason']} "
+            f"Degraded={condition(status, 'Degraded')['status']} targets={status.get('targets')}"
+        )
+    finally:
+        await stop(task)
