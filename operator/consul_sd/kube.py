@@ -238,9 +238,16 @@ class Kube:
         name: str,
         labels: Mapping[str, str],
         payload: Mapping[str, Any],
+        uid: str | None = None,
     ) -> str:
-        """Server-side apply of an object this discovery owns. Returns its uid."""
+        """Server-side apply of an object this discovery owns. Returns its uid.
+
+        ``uid``: the object written before. The apiserver then refuses to write another
+        (a 422 "metadata.uid ... immutable" for a namesake, a 409 when it is gone).
+        """
         body = output_body(owner=owner, kind=kind, name=name, labels=labels, payload=payload)
+        if uid is not None:
+            body["metadata"]["uid"] = uid
         applied = await self._call(
             self._output_api(kind).patch,
             name,

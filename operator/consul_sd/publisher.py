@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -51,6 +53,8 @@ from consul_sd.status import (
 from consul_sd.targets import SERVICE_LABEL, Target, TargetGroup, group_targets
 
 OUTPUT_KINDS: tuple[OutputKind, ...] = ("ConfigMap", "ScrapeConfig")
+# How often what the objects hold is read back from the apiserver instead of trusted from memory.
+RELIST_SECONDS = 600.0
 
 
 class OutputAPI(Protocol):
@@ -79,6 +83,7 @@ class OutputAPI(Protocol):
         name: str,
         labels: Mapping[str, str],
         payload: Mapping[str, Any],
+        uid: str | None = None,
     ) -> str: ...
     async def delete_output(
         self, *, namespace: str, kind: OutputKind, name: str, uid: str
@@ -137,44 +142,26 @@ def _line_hashes(targets: Iterable[Target]) -> frozenset[int]:
 class OutputPublisher:
     """Snapshots' targets in; the ConfigMaps and ScrapeConfigs of one CR out."""
 
-    def __init__(self, *, kube: OutputAPI, ref: DiscoveryRef, output: Output) -> None:
+    def __init__(
+        self,
+        *,
+        kube: OutputAPI,
+        ref: DiscoveryRef,
+        output: Output,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.kube = kube
         self.ref = ref
         self.output = output
         self.outputs: list[dict[str, Any]] = []
         self._held: dict[tuple[OutputKind, str], _Held] = {}
         self._shards: dict[OutputKind, int] = {}
+        self._clock = clock
+        self._listed_at = -math.inf
 
     async def resume(self) -> dict[str, TargetGroup]:
         """Learn the objects this CR owns; return the targets they hold, by service."""
-        # A retried resume starts over: nothing from a half-finished one counts twice.
-        self.outputs, self._held, self._shards = [], {}, {}
-        found: dict[OutputKind, set[Target]] = {}
-        for kind in OUTPUT_KINDS:
-            listed = await self.kube.list_outputs(
-                namespace=self.ref.namespace, kind=kind, discovery=self.ref.name
-            )
-            owned = [item for item in listed if owner_uid(item) == self.ref.uid]
-            for item in owned:
-                meta = item["metadata"]
-                payload = item.get("data" if kind == "ConfigMap" else "spec") or {}
-                members = held_targets(kind, payload)
-                self._held[(kind, meta["name"])] = _Held(
-                    uid=meta["uid"],
-                    digest=_digest(meta.get("labels") or {}, payload),
-                    lines=_line_hashes(members),
-                    size=_payload_size(kind, payload),
-                )
-                found.setdefault(kind, set()).update(members)
-                self.outputs.append(
-                    {
-                        "kind": kind,
-                        "name": meta["name"],
-                        "targets": len(members),
-                        "bytes": _payload_size(kind, payload),
-                    }
-                )
-            self._shards[kind] = len(owned)
+        found = await self._list_owned()
         # Both kinds hold the same targets; a crash between two writes may leave one target in
         # two objects, hence the set.
         held = found.get("ConfigMap") or found.get("ScrapeConfig") or set()
@@ -185,8 +172,50 @@ class OutputPublisher:
                 by_service.setdefault(service, []).append(target)
         return {name: group_targets(targets) for name, targets in by_service.items()}
 
+    async def _list_owned(self) -> dict[OutputKind, set[Target]]:
+        """What the objects this CR owns hold now, read from the apiserver, not from memory."""
+        # Starts over: nothing from a half-finished listing counts twice.
+        self.outputs, self._held, self._shards = [], {}, {}
+        found: dict[OutputKind, set[Target]] = {}
+        for kind in OUTPUT_KINDS:
+            listed = await self.kube.list_outputs(
+                namespace=self.ref.namespace, kind=kind, discovery=self.ref.name
+            )
+            owned = [item for item in listed if owner_uid(item) == self.ref.uid]
+            for item in owned:
+                members = self._learn(kind, item)
+                found.setdefault(kind, set()).update(members)
+            self._shards[kind] = len(owned)
+        self._listed_at = self._clock()
+        return found
+
+    def _learn(self, kind: OutputKind, item: Mapping[str, Any]) -> list[Target]:
+        meta = item["metadata"]
+        payload = item.get("data" if kind == "ConfigMap" else "spec") or {}
+        members = held_targets(kind, payload)
+        size = _payload_size(kind, payload)
+        self._held[(kind, meta["name"])] = _Held(
+            uid=meta["uid"],
+            digest=_digest(meta.get("labels") or {}, payload),
+            lines=_line_hashes(members),
+            size=size,
+        )
+        self.outputs.append(
+            {"kind": kind, "name": meta["name"], "targets": len(members), "bytes": size}
+        )
+        return members
+
     async def write(self, groups: Mapping[str, TargetGroup]) -> Problem | None:
-        """Make the outputs hold ``groups``, superset-first; the problem if a step failed."""
+        """Make the outputs hold ``groups``, superset-first; the problem if a step failed.
+
+        Every :data:`RELIST_SECONDS` what the objects hold is read again first: an object
+        deleted or edited out of band is then rewritten even when the targets did not change.
+        """
+        if self._clock() - self._listed_at >= RELIST_SECONDS:
+            try:
+                await self._list_owned()
+            except KubeError as exc:
+                return Problem(REASON_OUTPUT_WRITE_FAILED, f"listing the outputs: {exc}")
         try:
             planned = self._plan(groups)
         except OutputTooLarge as exc:
@@ -276,7 +305,7 @@ class OutputPublisher:
             if held is None:
                 uid = await self._create(item, payload)
             else:
-                uid = await self._apply(item, payload)
+                uid = await self._rewrite(item, payload, held=held)
         except _Conflict as conflict:
             return Problem(REASON_OUTPUT_CONFLICT, str(conflict))
         except KubeError as exc:
@@ -315,9 +344,30 @@ class OutputPublisher:
             raise _Conflict(self._conflict_message(item, existing))
         return await self._apply(item, payload)
 
-    async def _apply(self, item: _Planned, payload: Mapping[str, Any]) -> str:
+    async def _rewrite(self, item: _Planned, payload: Mapping[str, Any], *, held: _Held) -> str:
+        """Apply to the very object written before; if it is gone or replaced, start over.
+
+        An object deleted out of band is created again; a namesake someone created meanwhile
+        goes through :meth:`_create`'s ownership check, never gets our data.
+        """
+        try:
+            return await self._apply(item, payload, uid=held.uid)
+        except KubeError as exc:
+            if not _is_another_object(exc):
+                raise
+        del self._held[item.key]
+        return await self._create(item, payload)
+
+    async def _apply(
+        self, item: _Planned, payload: Mapping[str, Any], *, uid: str | None = None
+    ) -> str:
         return await self.kube.apply_output(
-            owner=self.ref, kind=item.kind, name=item.name, labels=item.labels, payload=payload
+            owner=self.ref,
+            kind=item.kind,
+            name=item.name,
+            labels=item.labels,
+            payload=payload,
+            uid=uid,
         )
 
     def _conflict_message(self, item: _Planned, existing: Mapping[str, Any]) -> str:
@@ -350,6 +400,11 @@ class OutputPublisher:
     def _describe(self, item: _Planned) -> dict[str, Any]:
         size = self._held[item.key].size
         return {"kind": item.kind, "name": item.name, "targets": len(item.members), "bytes": size}
+
+
+def _is_another_object(exc: KubeError) -> bool:
+    """The apiserver's answers to an apply whose uid is not the object's (or no object's)."""
+    return exc.status == 409 or (exc.status == 422 and "metadata.uid" in str(exc))
 
 
 def _is_size_refusal(exc: KubeError) -> bool:

@@ -36,6 +36,8 @@ class FakeKube:
         self.secret_reads: list[tuple[str, str, str]] = []
         self.refuse: Callable[[str, str, str], KubeError | None] = lambda *_: None
         self.kill_after: int | None = None
+        # The apiserver's size limit of an object's data (a 422 "Too long" past it), if set.
+        self.max_object_bytes: int | None = None
         self._uids = itertools.count(1)
         self._lines: dict[tuple[str, str], set[str]] = {}  # per object, parsed once per write
 
@@ -73,6 +75,15 @@ class FakeKube:
         if error is not None:
             raise error
 
+    def _check_size(self, name: str, payload: Mapping[str, Any]) -> None:
+        size = sum(len(k) + len(str(v).encode()) for k, v in payload.items())
+        if self.max_object_bytes is not None and size > self.max_object_bytes:
+            raise KubeError(
+                f'HTTP 422: ConfigMap "{name}" is invalid: []: Too long: must have at most '
+                f"{self.max_object_bytes} bytes (was {size})",
+                status=422,
+            )
+
     def _written(self, key: tuple[str, str]) -> None:
         self._lines.pop(key, None)
         self.held_after_each_write.append(self.held())
@@ -105,6 +116,7 @@ class FakeKube:
         payload: Mapping[str, Any],
     ) -> str:
         self._mutate("create", kind, name)
+        self._check_size(name, payload)
         if (kind, name) in self.objects:
             raise KubeError(f'HTTP 409: {kind.lower()}s "{name}" already exists', status=409)
         body = output_body(owner=owner, kind=kind, name=name, labels=labels, payload=payload)
@@ -121,10 +133,25 @@ class FakeKube:
         name: str,
         labels: Mapping[str, str],
         payload: Mapping[str, Any],
+        uid: str | None = None,
     ) -> str:
         self._mutate("apply", kind, name)
+        self._check_size(name, payload)
         body = output_body(owner=owner, kind=kind, name=name, labels=labels, payload=payload)
         existing = self.objects.get((kind, name))
+        # The real apiserver's answers to a uid in an apply (checked on kube-apiserver 1.36).
+        if uid is not None and existing is None:
+            raise KubeError(
+                f"HTTP 409: uid mismatch: the provided object specified uid {uid}, "
+                "and no existing object was found",
+                status=409,
+            )
+        if uid is not None and existing is not None and existing["metadata"]["uid"] != uid:
+            raise KubeError(
+                f'HTTP 422: ConfigMap "{name}" is invalid: metadata.uid: Invalid '
+                f'value: "{uid}": field is immutable',
+                status=422,
+            )
         body["metadata"]["uid"] = (
             existing["metadata"]["uid"] if existing else f"uid-{next(self._uids)}"
         )

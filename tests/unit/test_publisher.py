@@ -13,7 +13,7 @@ import pytest
 
 from consul_sd.kube import KubeError
 from consul_sd.outputs import shard_index
-from consul_sd.publisher import OutputPublisher
+from consul_sd.publisher import RELIST_SECONDS, OutputPublisher
 from consul_sd.spec import Output, parse_spec
 from tests.unit.fake_kube import REF, FakeKube, Killed, lines_of
 from tests.unit.test_outputs import fleet
@@ -274,3 +274,45 @@ async def test_a_422_that_is_not_about_size_is_a_write_failure_not_output_too_la
     problem = await publisher.write(fleet(5))
     assert problem is not None
     assert problem.reason == "OutputWriteFailed"
+
+
+async def test_a_namesake_created_after_an_out_of_band_delete_is_never_written_nor_deleted() -> (
+    None
+):
+    kube = FakeKube()
+    publisher = await started(kube, config_map_output())
+    assert await publisher.write(fleet(3)) is None
+    # Someone deletes cr-0 and creates their own ConfigMap of that name.
+    del kube.objects[("ConfigMap", "cr-0")]
+    kube.add_object("ConfigMap", "cr-0", owner_uid=None, payload={"user.txt": "precious"})
+    problem = await publisher.write(fleet(4))
+    assert problem is not None
+    assert problem.reason == "OutputConflict"
+    assert kube.objects[("ConfigMap", "cr-0")]["data"] == {"user.txt": "precious"}
+    renamed = await started(kube, config_map_output(name="other"))
+    assert await renamed.write(fleet(4)) is None
+    assert kube.objects[("ConfigMap", "cr-0")]["data"] == {"user.txt": "precious"}
+
+
+async def test_an_owned_output_deleted_out_of_band_is_written_again_at_the_next_listing() -> None:
+    now = [0.0]
+    kube = FakeKube()
+    publisher = OutputPublisher(
+        kube=kube, ref=REF, output=config_map_output(), clock=lambda: now[0]
+    )
+    await publisher.resume()
+    assert await publisher.write(fleet(3)) is None
+    del kube.objects[("ConfigMap", "cr-0")]
+    assert await publisher.write(fleet(3)) is None  # unchanged bytes: trusted from memory
+    now[0] += RELIST_SECONDS
+    assert await publisher.write(fleet(3)) is None
+    assert kube.held() == lines_of(fleet(3))
+
+
+async def test_an_owned_output_deleted_out_of_band_is_created_again_when_targets_change() -> None:
+    kube = FakeKube()
+    publisher = await started(kube, config_map_output())
+    assert await publisher.write(fleet(3)) is None
+    del kube.objects[("ConfigMap", "cr-0")]
+    assert await publisher.write(fleet(4)) is None
+    assert kube.held() == lines_of(fleet(4))

@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import Mapping
 from typing import Any
 
-from consul_sd.kube import DiscoveryRef, KubeError, OutputKind
+from consul_sd.kube import KubeError, OutputKind
 from consul_sd.outputs import shard_index
 from consul_sd.publisher import OutputPublisher
 from consul_sd.runner import GenerationSink
@@ -24,47 +24,6 @@ from tests.unit.test_publisher import config_map_output
 from tests.unit.test_runner import SPEC, snapshot
 
 CONFIG_MAP_LIMIT = 1024 * 1024
-
-
-class SizedKube(FakeKube):
-    """Refuses a ConfigMap whose data passes 1 MiB, as the apiserver does."""
-
-    def _check(self, name: str, payload: Mapping[str, Any]) -> None:
-        size = sum(len(k) + len(str(v).encode()) for k, v in payload.items())
-        if size > CONFIG_MAP_LIMIT:
-            raise KubeError(
-                f'HTTP 422: ConfigMap "{name}" is invalid: []: Too long: must have at most '
-                f"1048576 bytes (was {size})",
-                status=422,
-            )
-
-    async def create_output(
-        self,
-        *,
-        owner: DiscoveryRef,
-        kind: OutputKind,
-        name: str,
-        labels: Mapping[str, str],
-        payload: Mapping[str, Any],
-    ) -> str:
-        self._check(name, payload)
-        return await super().create_output(
-            owner=owner, kind=kind, name=name, labels=labels, payload=payload
-        )
-
-    async def apply_output(
-        self,
-        *,
-        owner: DiscoveryRef,
-        kind: OutputKind,
-        name: str,
-        labels: Mapping[str, str],
-        payload: Mapping[str, Any],
-    ) -> str:
-        self._check(name, payload)
-        return await super().apply_output(
-            owner=owner, kind=kind, name=name, labels=labels, payload=payload
-        )
 
 
 def services_in(
@@ -79,7 +38,8 @@ def size_of(groups: Mapping[str, TargetGroup]) -> int:
 
 
 async def test_a_growth_whose_every_shard_fits_is_written() -> None:
-    kube = SizedKube()
+    kube = FakeKube()
+    kube.max_object_bytes = CONFIG_MAP_LIMIT
     publisher = OutputPublisher(
         kube=kube, ref=REF, output=config_map_output(shard_bytes=900 * 1024)
     )
