@@ -17,7 +17,7 @@ import pytest
 import yaml
 from kubernetes import client as k8s
 
-from tests.e2e.operator_harness import CRD_FILE, api_client
+from tests.e2e.operator_harness import CRD_FILE, Simulator, api_client
 from tests.support.components import (
     COMPONENTS,
     ComponentError,
@@ -146,3 +146,18 @@ def namespace(api: k8s.ApiClient) -> str:
     name = f"t-{uuid.uuid4().hex[:8]}"
     k8s.CoreV1Api(api).create_namespace({"metadata": {"name": name}})
     return name
+
+
+@pytest.fixture
+def simulator(tmp_path: Path) -> Iterator[Callable[..., Simulator]]:
+    """Start Consul simulators (``simulator(services=...)``), stopped after the test."""
+    started: list[Simulator] = []
+
+    def start(*, services: int = 20, instances: int = 2, nodes: int = 10) -> Simulator:
+        sim = Simulator(tmp_path, services=services, instances=instances, nodes=nodes)
+        started.append(sim)
+        return sim
+
+    yield start
+    for sim in started:
+        sim.stop()

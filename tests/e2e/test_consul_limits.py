@@ -14,8 +14,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import psutil
@@ -25,32 +23,10 @@ from aiohttp import web
 
 from consul_sd.crd import render_crd
 from tests.support.components import ControlPlane, apply_crds
+from tests.unit.test_consul_limits import answering, serve
 
 pytestmark = pytest.mark.e2e
 MiB = 1024 * 1024
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@asynccontextmanager
-async def serve(handler: Handler) -> AsyncIterator[str]:
-    """A server on 127.0.0.1 answering every GET with ``handler``; yields its host:port."""
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", handler)
-    runner = web.AppRunner(app, shutdown_timeout=1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
-
-
-def answering(body: bytes) -> Handler:
-    async def handler(request: web.Request) -> web.Response:
-        return web.Response(body=body, content_type="application/json")
-
-    return handler
 
 
 # Peak RSS of `consul-sd discover --once` reading an 800 MB answer, over the same command

@@ -71,20 +71,6 @@ def operators(
 
 
 @pytest.fixture
-def simulator(tmp_path: Path) -> Iterator[Callable[..., Simulator]]:
-    started: list[Simulator] = []
-
-    def start(*, services: int, instances: int = INSTANCES) -> Simulator:
-        sim = Simulator(tmp_path, services=services, instances=instances, nodes=NODES)
-        started.append(sim)
-        return sim
-
-    yield start
-    for sim in started:
-        sim.stop()
-
-
-@pytest.fixture
 def watches() -> Iterator[list[OutputWatch]]:
     """Output watches to stop after the test (a failure in one fails the test)."""
     started: list[OutputWatch] = []

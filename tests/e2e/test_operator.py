@@ -45,20 +45,6 @@ def operator(
     running.stop()
 
 
-@pytest.fixture
-def simulator(tmp_path: Path) -> Iterator[Callable[..., Simulator]]:
-    started: list[Simulator] = []
-
-    def start(*, services: int = 20, instances: int = 2, nodes: int = 10) -> Simulator:
-        sim = Simulator(tmp_path, services=services, instances=instances, nodes=nodes)
-        started.append(sim)
-        return sim
-
-    yield start
-    for sim in started:
-        sim.stop()
-
-
 def custom(api: k8s.ApiClient) -> k8s.CustomObjectsApi:
     return k8s.CustomObjectsApi(api)
 
