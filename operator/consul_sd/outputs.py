@@ -138,20 +138,6 @@ def static_config(target: Target) -> dict[str, Any]:
     return {"targets": [target.address], "labels": target.label_dict()}
 
 
-def scrape_config_specs(
-    groups: Mapping[str, TargetGroup],
-    *,
-    output: ScrapeConfigOutput,
-    previous: int | None = None,
-) -> list[tuple[str, dict[str, Any]]]:
-    """``(ScrapeConfig name, spec)`` per shard: static configs plus the user's scrape settings."""
-    settings = scrape_settings(output)
-    return [
-        (name, scrape_config_spec(settings, members))
-        for name, members in scrape_config_shards(groups, output=output, previous=previous)
-    ]
-
-
 def scrape_config_spec(settings: Mapping[str, Any], targets: Iterable[Target]) -> dict[str, Any]:
     """A ScrapeConfig spec: the scrape settings and one static config per target."""
     return {**settings, "staticConfigs": [static_config(t) for t in targets]}

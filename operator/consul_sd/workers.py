@@ -48,6 +48,7 @@ from typing import Any, Literal, TypeVar
 from consul_sd.backoff import backoff_delay
 from consul_sd.consul import (
     CheckState,
+    ConsulACLDenied,
     ConsulBadRequest,
     ConsulBadResponse,
     ConsulClient,
@@ -274,9 +275,7 @@ async def _with_datacenter(
         try:
             try:
                 return replace(query, datacenter=await client.agent_datacenter())
-            except ConsulError as denied:
-                if denied.reason != "ACLDenied":
-                    raise
+            except ConsulACLDenied as denied:
                 datacenter = await client.catalog_datacenter()
                 if not datacenter:
                     raise type(denied)(

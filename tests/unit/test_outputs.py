@@ -5,7 +5,13 @@ import json
 import pytest
 
 from consul_sd.consul import Instance
-from consul_sd.outputs import OutputTooLarge, config_map_shards, scrape_config_specs
+from consul_sd.outputs import (
+    OutputTooLarge,
+    config_map_shards,
+    scrape_config_shards,
+    scrape_config_spec,
+    scrape_settings,
+)
 from consul_sd.spec import ConfigMapOutput, ScrapeConfigOutput
 from consul_sd.targets import TargetGroup, build_target_group
 
@@ -85,7 +91,11 @@ def test_scrape_configs_carry_static_targets_and_only_the_settings_given() -> No
     output = ScrapeConfigOutput(
         name="s", scrape_interval="30s", metrics_path="/metrics", max_targets_per_object=100
     )
-    specs = scrape_config_specs(fleet(200), output=output)
+    # As the publisher builds them: the shards' targets, then each object's spec.
+    specs = [
+        (name, scrape_config_spec(scrape_settings(output), members))
+        for name, members in scrape_config_shards(fleet(200), output=output)
+    ]
     assert len(specs) > 1
     total = 0
     for name, spec in specs:
