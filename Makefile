@@ -5,23 +5,28 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml simulator/pyproject.toml | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 
 .PHONY: venv lint test test-unit generate bins cluster cluster-down demo demo-down bench bench-field-report bench-discover-once bench-churn clean
 
+# The Consul simulator (simulator/, distribution consul-sd-simulator) is a test and benchmark
+# dependency installed here, in the same pip command as the product so one resolver sees both.
+# It is deliberately NOT in pyproject.toml's dev extra: it is not published, so a dev extra naming
+# it would make `pip install -e '.[dev]'` alone fetch whatever squats that name on PyPI
+# (dependency confusion).
 venv: $(STAMP)
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml simulator/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e ./simulator -e '.[dev]'
 	rm -f $(VENV)/.installed-*; touch $@
 
 lint: venv
-	$(BIN)/ruff check operator tests benchmarks hack
-	$(BIN)/ruff format --check operator tests benchmarks hack
+	$(BIN)/ruff check operator simulator tests benchmarks hack tools
+	$(BIN)/ruff format --check operator simulator tests benchmarks hack tools
 	$(BIN)/mypy
-	$(BIN)/mypy tests benchmarks hack/demo.py --explicit-package-bases
+	$(BIN)/mypy tests benchmarks tools hack/demo.py --explicit-package-bases
 	$(BIN)/lint-imports
 
 test: lint
@@ -32,8 +37,8 @@ test-unit: venv
 
 # Regenerate what is generated from the spec model (tests fail when these drift).
 generate: venv
-	$(BIN)/python -m consul_sd.crd --write
-	$(BIN)/python -m consul_sd.docs --write
+	$(BIN)/python -m tools.crd --write
+	$(BIN)/python -m tools.docs --write
 
 bins:
 	hack/bins/build.sh all

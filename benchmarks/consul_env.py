@@ -32,7 +32,7 @@ from typing import Any
 
 from tests.support.components import ComponentError, ConsulAgent, http_request
 
-from consul_sd.simulator.fleet import fleet_registrations, service_name
+from consul_simulator.fleet import fleet_registrations, service_name
 
 # Consul refuses a limit above the open-file limit minus 20; this machine's hard limit is 20000.
 DEFAULT_LIMIT = 19000

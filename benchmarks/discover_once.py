@@ -1,6 +1,6 @@
 """Benchmark: one complete ``consul-sd discover --once`` per mode against the simulator.
 
-Starts ``consul-sd simulate`` with N services x K instances on 127.0.0.1 in its own process, then
+Starts ``consul-simulator`` with N services x K instances on 127.0.0.1 in its own process, then
 runs the discover command once per system and repetition, side by side in one run, and reports
 medians: wall time (process start to exit), CPU seconds (user+sys, from wait4), peak RSS, peak
 open connections and requests the simulator saw. Writes benchmarks/results/<date>-discover-once
@@ -48,8 +48,7 @@ def control(port: int, path: str, *, method: str = "GET") -> dict[str, Any]:
 def start_simulator(*, services: int, instances: int, port: int) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
         [
-            *CLI,
-            "simulate",
+            str(Path(sys.executable).with_name("consul-simulator")),
             "--port",
             str(port),
             "--services",

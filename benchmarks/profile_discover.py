@@ -62,10 +62,13 @@ async def _discover(
     notes: list[str],
 ) -> dict[str, Any]:
     # Imported here so that their RSS is part of "after the imports".
-    from consul_sd import cli  # noqa: PLC0415, F401 - what the command loads
-    from consul_sd.consul import ConsulClient, ConsulEndpoint  # noqa: PLC0415
-    from consul_sd.filesd import FileSDWriter  # noqa: PLC0415
-    from consul_sd.workers import DiscoveryQuery, Snapshot, run_discovery  # noqa: PLC0415
+    from consul_sd.cli import discover  # noqa: PLC0415, F401 - what the command loads
+    from consul_sd.consul.client import ConsulClient  # noqa: PLC0415
+    from consul_sd.consul.endpoint import ConsulEndpoint  # noqa: PLC0415
+    from consul_sd.discovery.query import DiscoveryQuery  # noqa: PLC0415
+    from consul_sd.discovery.run import run_discovery  # noqa: PLC0415
+    from consul_sd.discovery.snapshots import Snapshot  # noqa: PLC0415
+    from consul_sd.outputs.filesd import FileSDWriter  # noqa: PLC0415
 
     # What `consul-sd discover --server S --mode M --max-concurrent C` resolves to (defaults
     # otherwise: refreshInterval 30s, watchTimeout 2m), built directly to profile the engine only.

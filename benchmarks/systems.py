@@ -41,7 +41,9 @@ ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "operator")}
 CLI = [sys.executable, "-m", "consul_sd.cli"]
 JOB = "consul"
-AUTO_POLLING_AT = 1000  # consul_sd.workers.AUTO_POLLING_AT, not imported to stay a black box
+AUTO_POLLING_AT = (
+    1000  # consul_sd.discovery.query.AUTO_POLLING_AT, not imported to stay a black box
+)
 
 Kind = Literal["prometheus", "prometheus-file", "consul-sd"]
 

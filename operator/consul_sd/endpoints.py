@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from consul_sd.consul import ConsulClient, ConsulEndpoint, RequestObserver
-from consul_sd.spec import ConsulConfig
-from consul_sd.tlsconfig import build_ssl_context
+from consul_sd.api.spec import ConsulConfig
+from consul_sd.consul.client import ConsulClient, RequestObserver
+from consul_sd.consul.endpoint import ConsulEndpoint
+from consul_sd.consul.tls import build_ssl_context
 
 
 @dataclass(frozen=True)

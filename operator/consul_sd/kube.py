@@ -24,15 +24,20 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
-from consul_sd.crd import GROUP, KIND, PLURAL, VERSION
-from consul_sd.outputs import DISCOVERY_LABEL
+from consul_sd.api.names import (
+    DISCOVERY_LABEL,
+    GROUP,
+    KIND,
+    OPERATOR_NAME,
+    PLURAL,
+    SCRAPE_CONFIG_GROUP,
+    SCRAPE_CONFIG_PLURAL,
+    SCRAPE_CONFIG_VERSION,
+    VERSION,
+)
 
 logger = logging.getLogger(__name__)
 
-FIELD_MANAGER = "consul-sd-operator"
-SCRAPE_CONFIG_GROUP = "monitoring.coreos.com"
-SCRAPE_CONFIG_VERSION = "v1alpha1"
-SCRAPE_CONFIG_PLURAL = "scrapeconfigs"
 _APPLY = "application/apply-patch+yaml"
 # (connect, read) seconds for every apiserver request; a read waits at most this long per chunk.
 REQUEST_TIMEOUT = (5.0, 30.0)
@@ -253,7 +258,7 @@ class Kube:
             name,
             owner.namespace,
             body,
-            field_manager=FIELD_MANAGER,
+            field_manager=OPERATOR_NAME,
             force=True,
             _content_type=_APPLY,
         )
@@ -300,11 +305,11 @@ class Kube:
             "type": kind,
             "reason": reason,
             "message": message[:1000],
-            "source": {"component": FIELD_MANAGER},
+            "source": {"component": OPERATOR_NAME},
             "firstTimestamp": now,
             "lastTimestamp": now,
             "count": 1,
-            "reportingComponent": FIELD_MANAGER,
+            "reportingComponent": OPERATOR_NAME,
         }
         try:
             await self._call(self._core.create_namespaced_event, ref.namespace, body)

@@ -12,12 +12,14 @@ from prometheus_client import Counter, Gauge, Histogram
 
 CYCLES = Counter(
     "consul_sd_publications_total",
-    "Snapshots published by discovery workers (a polling cycle, or a blocking-mode change).",
+    "Snapshots published by discovery workers (a polling cycle, or a blocking-mode change); "
+    'mode="Auto" before Auto chose a mode.',
     ["namespace", "name", "mode"],
 )
 CYCLE_DURATION = Histogram(
     "consul_sd_cycle_duration_seconds",
-    "Duration of a polling cycle: catalog listing plus every service fetch.",
+    "How long the discovery behind a published snapshot took, in every mode (in Polling: the "
+    "catalog listing plus every service fetch).",
     ["namespace", "name"],
     buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
 )

@@ -23,9 +23,8 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from consul_sd.consul import Instance, aggregated_status
+from consul_sd.consul.records import Instance, aggregated_status
 
-META_PREFIX = "__meta_consul_"
 SERVICE_LABEL = "__meta_consul_service"
 DATACENTER_LABEL = "__meta_consul_dc"
 _INVALID_LABEL_CHARS = re.compile(r"[^a-zA-Z0-9_]")

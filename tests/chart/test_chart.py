@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 import yaml
+from tools.crd import CRD_FILE, CRD_PATHS, render_crd, write_crd_files
 
-from consul_sd.crd import CRD_FILE, CRD_PATHS, render_crd, write_crd_files
 from tests.chart.rendering import (
     CHART_DIR,
     HELM_MISSING,
@@ -386,7 +386,7 @@ def test_the_charts_crd_file_is_byte_identical_to_deploy_crds_and_the_model() ->
     generated = render_crd()
     for relative in CRD_PATHS:
         path = REPO_ROOT / relative
-        assert path.read_text() == generated, f"run: python -m consul_sd.crd --write ({path})"
+        assert path.read_text() == generated, f"run: python -m tools.crd --write ({path})"
     assert (CHART_DIR / "files" / CRD_FILE).read_bytes() == (
         REPO_ROOT / "deploy" / "crds" / CRD_FILE
     ).read_bytes()

@@ -47,7 +47,7 @@ def eventually(check: Callable[[], _T], *, timeout: float = 60, what: str = "con
 
 
 class Simulator:
-    """``consul-sd simulate`` in its own process."""
+    """The ``consul-simulator`` command (the simulator's own distribution) in its own process."""
 
     def __init__(
         self,
@@ -64,8 +64,8 @@ class Simulator:
         self.log = (workdir / f"simulator-{self.port}.log").open("wb")
         self.process = subprocess.Popen(
             [
-                *CLI,
-                "simulate",
+                # Installed beside the interpreter by `make venv` (simulator/, editable).
+                str(Path(sys.executable).with_name("consul-simulator")),
                 "--port",
                 str(self.port),
                 "--services",

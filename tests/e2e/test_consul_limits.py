@@ -20,8 +20,8 @@ import psutil
 import pytest
 import yaml
 from aiohttp import web
+from tools.crd import render_crd
 
-from consul_sd.crd import render_crd
 from tests.support.components import ControlPlane, apply_crds
 from tests.unit.test_consul_limits import answering, serve
 

@@ -7,8 +7,10 @@ from collections.abc import Mapping
 
 import pytest
 
-from consul_sd.consul import ConsulClient, ConsulEndpoint
-from consul_sd.workers import ChangeGate, DiscoveryQuery, changed_services, read_change_gate
+from consul_sd.consul.client import ConsulClient
+from consul_sd.consul.endpoint import ConsulEndpoint
+from consul_sd.discovery.gate import ChangeGate, changed_services, read_change_gate
+from consul_sd.discovery.query import DiscoveryQuery
 from tests.support.components import ConsulAgent
 
 pytestmark = pytest.mark.e2e

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 import yaml
 
-from consul_sd.outputs import config_map_shards
-from consul_sd.spec import parse_spec
+from consul_sd.api.spec import parse_spec
+from consul_sd.outputs.shards import config_map_shards
 from consul_sd.targets import Target
 from tests.e2e.operator_harness import CRD_FILE, eventually
 from tests.support.components import ControlPlane, Prometheus, apply_crds

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s
 
-from consul_sd.simulator.fleet import fleet_registrations, service_name
+from consul_simulator.fleet import fleet_registrations, service_name
 from tests.e2e.operator_harness import (
     GROUP,
     PLURAL,

@@ -39,12 +39,15 @@ from typing import Any, TypeVar
 
 import pytest
 
-from consul_sd.consul import ConsulClient, ConsulEndpoint
-from consul_sd.filesd import FileSDWriter
-from consul_sd.outputs import config_map_shards
-from consul_sd.simulator import ConsulSimulator
-from consul_sd.spec import ConfigMapOutput, Mode
-from consul_sd.workers import DiscoveryQuery, Snapshot, is_publishable, run_discovery
+from consul_sd.api.spec import ConfigMapOutput, Mode
+from consul_sd.consul.client import ConsulClient
+from consul_sd.consul.endpoint import ConsulEndpoint
+from consul_sd.discovery.query import DiscoveryQuery
+from consul_sd.discovery.run import run_discovery
+from consul_sd.discovery.snapshots import Snapshot, is_publishable
+from consul_sd.outputs.filesd import FileSDWriter
+from consul_sd.outputs.shards import config_map_shards
+from consul_simulator import ConsulSimulator
 from tests.support.components import ConsulAgent, HttpResponse, Prometheus, http_request
 
 REPO = Path(__file__).resolve().parents[2]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from consul_sd.workers import DiscoveryQuery
+from consul_sd.discovery.query import DiscoveryQuery
 from tests.oracle.conftest import FLEET_TARGETS, register_fleet
 from tests.oracle.harness import (
     MASTER,

@@ -21,8 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from consul_sd.consul import ConsulClient, ConsulEndpoint
-from consul_sd.workers import DiscoveryQuery, Snapshot, is_publishable, run_discovery
+from consul_sd.consul.client import ConsulClient
+from consul_sd.consul.endpoint import ConsulEndpoint
+from consul_sd.discovery.query import DiscoveryQuery
+from consul_sd.discovery.run import run_discovery
+from consul_sd.discovery.snapshots import Snapshot, is_publishable
 from tests.oracle.harness import (
     Discoverer,
     consul_job,

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from consul_sd.consul import ConsulBadRequest, ConsulClient, ConsulEndpoint, RetryPolicy
-from consul_sd.limiter import AdaptiveLimit
-from consul_sd.workers import DiscoveryQuery
+from consul_sd.consul.client import ConsulClient, RetryPolicy
+from consul_sd.consul.endpoint import ConsulEndpoint
+from consul_sd.consul.errors import ConsulBadRequest
+from consul_sd.consul.limiter import AdaptiveLimit
+from consul_sd.discovery.query import DiscoveryQuery
 from tests.oracle import fleet
 from tests.oracle.harness import (
     MASTER,

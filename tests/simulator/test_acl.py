@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from consul_sd.simulator import ConsulSimulator
+from consul_simulator import ConsulSimulator
 
 from .conftest import Client, instance_body
 

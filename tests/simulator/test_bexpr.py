@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from consul_sd.simulator import bexpr
+from consul_simulator import bexpr
 
 ENTRY: dict[str, Any] = {
     "Node": {"Node": "node-1", "Address": "10.0.0.1", "Meta": {"rack": "r1", "a-b": "x"}},

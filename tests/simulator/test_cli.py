@@ -1,4 +1,5 @@
-"""The ``simulate`` command: argument defaults and a real run as ``python -m``."""
+"""The ``consul-simulator`` command: argument defaults and a real run, as the console script
+installed by ``make venv`` and as ``python -m consul_simulator``."""
 
 from __future__ import annotations
 
@@ -11,10 +12,13 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import pytest
 
-from consul_sd.simulator import cli
+from consul_simulator import cli
 
-OPERATOR_DIR = Path(cli.__file__).resolve().parents[2]
+SIMULATOR_DIR = Path(cli.__file__).resolve().parents[1]
+# The console script sits beside the interpreter of the venv that installed the distribution.
+CONSOLE_SCRIPT = Path(sys.executable).with_name("consul-simulator")
 
 
 def test_defaults_match_a_local_consul_agent() -> None:
@@ -28,15 +32,18 @@ def test_defaults_match_a_local_consul_agent() -> None:
     assert parser.parse_args(["--latency", "1.5"]).latency == 1.5
 
 
-async def test_python_dash_m_serves_a_generated_fleet_until_sigterm() -> None:
+@pytest.mark.parametrize(
+    "command",
+    [[str(CONSOLE_SCRIPT)], [sys.executable, "-m", "consul_simulator"]],
+    ids=["consul-simulator", "python-m"],
+)
+async def test_the_command_serves_a_generated_fleet_until_sigterm(command: list[str]) -> None:
     env = dict(
         os.environ,
-        PYTHONPATH=os.pathsep.join([str(OPERATOR_DIR), os.environ.get("PYTHONPATH", "")]),
+        PYTHONPATH=os.pathsep.join([str(SIMULATOR_DIR), os.environ.get("PYTHONPATH", "")]),
     )
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "consul_sd.simulator",
+        *command,
         "--port=0",
         "--services=4",
         "--instances=2",

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from consul_sd.simulator import ConsulError, ConsulSimulator
+from consul_simulator import ConsulSimulator, SimulatedConsulError
 
 from .conftest import Client, instance_body, node_body
 
@@ -142,7 +142,7 @@ async def test_rows_have_consul_s_shape_for_meta_locality_and_peer_name(
 
 
 async def test_the_python_register_applies_the_same_validation(sim: ConsulSimulator) -> None:
-    with pytest.raises(ConsulError) as caught:
+    with pytest.raises(SimulatedConsulError) as caught:
         sim.register(_service(Meta={"a.b": "x"}))
     assert caught.value.status == 500
     assert "Key contains invalid characters" in caught.value.message

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from consul_sd.simulator import ConsulSimulator, Counters
+from consul_simulator import ConsulSimulator, Counters
 
 from .conftest import Client, instance_body, until
 

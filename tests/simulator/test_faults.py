@@ -9,7 +9,7 @@ import json
 import aiohttp
 import pytest
 
-from consul_sd.simulator import ConsulSimulator
+from consul_simulator import ConsulSimulator
 
 from .conftest import Client, instance_body, node_body, until
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 
-from consul_sd.simulator import ConsulSimulator
+from consul_simulator import ConsulSimulator
 
 from .conftest import Client
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from consul_sd.simulator import ConsulSimulator
+from consul_simulator import ConsulSimulator
 
 from .conftest import Client, instance_body, node_body
 

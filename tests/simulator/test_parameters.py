@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from consul_sd.simulator import ConsulSimulator
+from consul_simulator import ConsulSimulator
 
 from .conftest import Client, instance_body, node_body
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from consul_sd.simulator import ConsulError, ConsulSimulator
+from consul_simulator import ConsulSimulator, SimulatedConsulError
 
 from .conftest import Client, instance_body, node_body
 
@@ -105,7 +105,7 @@ async def test_invalid_registrations_are_refused_like_consul(
     reply = await client.put("/v1/catalog/register", body=body)
     assert reply.status == status
     assert reply.text.startswith(message)
-    with pytest.raises(ConsulError) as caught:
+    with pytest.raises(SimulatedConsulError) as caught:
         sim.register(body)
     assert caught.value.status == status
     assert sim.catalog.raft_index == raft_before  # a refused write is no raft entry

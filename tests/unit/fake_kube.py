@@ -16,7 +16,13 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from consul_sd.kube import DiscoveryRef, KubeError, OutputKind, SecretNotFound, output_body
+from consul_sd.kube import (
+    DiscoveryRef,
+    KubeError,
+    OutputKind,
+    SecretNotFound,
+    output_body,
+)
 
 REF = DiscoveryRef(namespace="ns", name="cr", uid="uid-cr")
 
@@ -34,6 +40,8 @@ class FakeKube:
         self.statuses: list[Mapping[str, Any]] = []
         self.events: list[tuple[str, str]] = []
         self.secret_reads: list[tuple[str, str, str]] = []
+        # len(secret_reads) when each status was patched: which reads came before which status.
+        self.secret_reads_at_each_status: list[int] = []
         self.refuse: Callable[[str, str, str], KubeError | None] = lambda *_: None
         self.kill_after: int | None = None
         # The apiserver's size limit of an object's data (a 422 "Too long" past it), if set.
@@ -65,7 +73,7 @@ class FakeKube:
 
     # ------------------------------------------------------------------------ the seam
 
-    def _mutate(self, verb: str, kind: str, name: str) -> None:
+    def _mutate(self, verb: str, *, kind: str, name: str) -> None:
         self.calls.append((verb, kind, name))
         if self.kill_after is not None:
             if self.kill_after <= 0:
@@ -115,7 +123,7 @@ class FakeKube:
         labels: Mapping[str, str],
         payload: Mapping[str, Any],
     ) -> str:
-        self._mutate("create", kind, name)
+        self._mutate("create", kind=kind, name=name)
         self._check_size(name, payload)
         if (kind, name) in self.objects:
             raise KubeError(f'HTTP 409: {kind.lower()}s "{name}" already exists', status=409)
@@ -135,7 +143,7 @@ class FakeKube:
         payload: Mapping[str, Any],
         uid: str | None = None,
     ) -> str:
-        self._mutate("apply", kind, name)
+        self._mutate("apply", kind=kind, name=name)
         self._check_size(name, payload)
         body = output_body(owner=owner, kind=kind, name=name, labels=labels, payload=payload)
         existing = self.objects.get((kind, name))
@@ -160,7 +168,7 @@ class FakeKube:
         return str(body["metadata"]["uid"])
 
     async def delete_output(self, *, namespace: str, kind: OutputKind, name: str, uid: str) -> None:
-        self._mutate("delete", kind, name)
+        self._mutate("delete", kind=kind, name=name)
         existing = self.objects.get((kind, name))
         if existing is None:
             return
@@ -171,6 +179,7 @@ class FakeKube:
 
     async def patch_status(self, *, ref: DiscoveryRef, status: Mapping[str, Any]) -> None:
         self.statuses.append(status)
+        self.secret_reads_at_each_status.append(len(self.secret_reads))
 
     async def post_event(self, *, ref: DiscoveryRef, kind: str, reason: str, message: str) -> None:
         self.events.append((kind, reason))

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from consul_sd.workers import UNHEALTHY_CHECKS_FILTER
+from consul_sd.consul.client import UNHEALTHY_CHECKS_FILTER
 
 INDEX = 100
 

@@ -13,17 +13,14 @@ from typing import Any
 
 import pytest
 
-from consul_sd.consul import ConsulClient, ConsulEndpoint, RetryPolicy
-from consul_sd.simulator import ConsulSimulator
-from consul_sd.spec import Mode
-from consul_sd.workers import (
-    DiscoveryIncomplete,
-    DiscoveryQuery,
-    Snapshot,
-    choose_mode,
-    discover_once,
-    run_discovery,
-)
+from consul_sd.api.spec import Mode
+from consul_sd.consul.client import ConsulClient, RetryPolicy
+from consul_sd.consul.endpoint import ConsulEndpoint
+from consul_sd.discovery.auto import choose_mode
+from consul_sd.discovery.query import DiscoveryQuery
+from consul_sd.discovery.run import discover_once, run_discovery
+from consul_sd.discovery.snapshots import DiscoveryIncomplete, Snapshot
+from consul_simulator import ConsulSimulator
 
 pytestmark = pytest.mark.looptime
 

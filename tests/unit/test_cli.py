@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from consul_sd.simulator import ConsulSimulator
+from consul_simulator import ConsulSimulator
 
 CLI = [sys.executable, "-m", "consul_sd.cli"]
 ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "operator")}
@@ -155,10 +155,14 @@ async def test_version_and_help_answer_without_a_server() -> None:
     code, out, _ = await run("--version")
     assert code == 0
     assert out.startswith("consul-sd ")
-    for command in ("discover", "simulate", "operator"):
+    for command in ("discover", "operator"):
         code, out, _ = await run(command, "--help")
         assert code == 0
         assert "usage: consul-sd " + command in out
+    # The simulator is its own command now (consul-simulator), not part of the product.
+    code, _, err = await run("simulate", "--help")
+    assert code == 2
+    assert "invalid choice: 'simulate'" in err
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from consul_sd.cli import UsageError, build_parser, load_spec, main
-from consul_sd.spec import ConsulDiscoverySpec
+from consul_sd.api.spec import ConsulDiscoverySpec
+from consul_sd.cli import UsageError, build_parser, main
+from consul_sd.cli.discover import load_spec
 
 SECRET = """apiVersion: v1
 kind: Secret

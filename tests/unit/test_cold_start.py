@@ -13,11 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from consul_sd.consul import ConsulClient, ConsulEndpoint, RetryPolicy
-from consul_sd.filesd import FileSDWriter
-from consul_sd.simulator import ConsulSimulator
-from consul_sd.spec import Mode
-from consul_sd.workers import DiscoveryQuery, Snapshot, run_discovery
+from consul_sd.api.spec import Mode
+from consul_sd.consul.client import ConsulClient, RetryPolicy
+from consul_sd.consul.endpoint import ConsulEndpoint
+from consul_sd.discovery.query import DiscoveryQuery
+from consul_sd.discovery.run import run_discovery
+from consul_sd.discovery.snapshots import Snapshot
+from consul_sd.outputs.filesd import FileSDWriter
+from consul_simulator import ConsulSimulator
 
 pytestmark = pytest.mark.looptime
 

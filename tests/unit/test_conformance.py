@@ -13,10 +13,13 @@ from typing import Any
 
 import pytest
 
-from consul_sd.consul import ConsulClient, ConsulEndpoint
-from consul_sd.render import render_file_sd
-from consul_sd.spec import Mode
-from consul_sd.workers import DiscoveryQuery, Snapshot, discover_once
+from consul_sd.api.spec import Mode
+from consul_sd.consul.client import ConsulClient
+from consul_sd.consul.endpoint import ConsulEndpoint
+from consul_sd.discovery.query import DiscoveryQuery
+from consul_sd.discovery.run import discover_once
+from consul_sd.discovery.snapshots import Snapshot
+from consul_sd.outputs.render import render_file_sd
 from tests.unit.replay import ReplayConsul
 
 RECORDING = json.loads((Path(__file__).parent.parent / "fixtures/consul_answers.json").read_text())

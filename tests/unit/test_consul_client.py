@@ -14,23 +14,23 @@ import pytest
 import trustme
 from aiohttp import web
 
-from consul_sd.consul import (
+from consul_sd.consul.client import ConsulClient, RetryPolicy
+from consul_sd.consul.endpoint import ConsulEndpoint
+from consul_sd.consul.errors import (
     ConsulACLDenied,
     ConsulBadRequest,
     ConsulBadResponse,
-    ConsulClient,
     ConsulDatacenterUnknown,
-    ConsulEndpoint,
     ConsulServerError,
     ConsulUnreachable,
-    RetryPolicy,
-    next_index,
+)
+from consul_sd.consul.records import (
     parse_check_states,
     parse_health_entries,
     parse_node_indexes,
 )
-from consul_sd.simulator import ConsulSimulator
-from consul_sd.tlsconfig import build_ssl_context
+from consul_sd.consul.tls import build_ssl_context
+from consul_simulator import ConsulSimulator
 
 pytestmark = pytest.mark.looptime
 FAST_RETRY = RetryPolicy(attempts=3, base_delay=0.1, max_delay=0.5)
@@ -64,14 +64,6 @@ def client(sim: ConsulSimulator, **endpoint: Any) -> ConsulClient:
         max_connections=4,
         retry=FAST_RETRY,
     )
-
-
-def test_index_rules_reset_backwards_and_never_go_below_one() -> None:
-    assert next_index(previous=0, answered=0) == 1
-    assert next_index(previous=10, answered=12) == 12
-    assert next_index(previous=10, answered=10) == 10
-    assert next_index(previous=10, answered=5) == 0
-    assert next_index(previous=10, answered=-3) == 0
 
 
 async def test_tags_and_node_meta_are_sent_as_prometheus_sends_them(sim: ConsulSimulator) -> None:
@@ -194,8 +186,11 @@ async def test_unhealthy_checks_and_node_indexes_are_read_with_their_tables_inde
     )
     sim.register({"Node": "n2", "Address": "10.0.0.2"})
     async with client(sim) as consul:
-        checks, checks_index = await consul.list_checks(filter_expr='Status != "passing"')
+        checks, checks_index = await consul.unhealthy_checks()
         nodes, nodes_index = await consul.list_nodes()
+        assert await consul.nodes_table_index() == nodes_index
+        assert await consul.services_table_index() == sim.catalog.table_index["services"]
+        assert await consul.services_on_nodes(["n1", "n2"]) == {"web"}
     (check,) = checks
     assert (check.node, check.check_id, check.service_name, check.status) == (
         "n1",

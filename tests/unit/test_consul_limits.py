@@ -18,22 +18,18 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from consul_sd import consul as consul_module
-from consul_sd.consul import (
-    MAX_ANSWER_BYTES,
+from consul_sd.consul import client as consul_module
+from consul_sd.consul.client import MAX_ANSWER_BYTES, ConsulClient, RetryPolicy
+from consul_sd.consul.endpoint import ConsulEndpoint, validate_basic_auth, validate_token
+from consul_sd.consul.errors import (
     ConsulBadRequest,
     ConsulBadResponse,
-    ConsulClient,
     ConsulCredentialError,
-    ConsulEndpoint,
     ConsulError,
-    RetryPolicy,
-    validate_basic_auth,
-    validate_token,
 )
-from consul_sd.runner import consul_problem
-from consul_sd.simulator import ConsulSimulator
-from consul_sd.workers import Snapshot
+from consul_sd.controller.conditions import consul_problem
+from consul_sd.discovery.snapshots import Snapshot
+from consul_simulator import ConsulSimulator
 
 pytestmark = pytest.mark.looptime
 MiB = 1024 * 1024

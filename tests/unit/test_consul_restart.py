@@ -13,11 +13,14 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from consul_sd.consul import ConsulClient, ConsulEndpoint, RetryPolicy
-from consul_sd.simulator import ConsulSimulator
-from consul_sd.simulator.catalog import Catalog
-from consul_sd.spec import Mode
-from consul_sd.workers import DiscoveryQuery, Snapshot, discover_once, run_discovery
+from consul_sd.api.spec import Mode
+from consul_sd.consul.client import ConsulClient, RetryPolicy
+from consul_sd.consul.endpoint import ConsulEndpoint
+from consul_sd.discovery.query import DiscoveryQuery
+from consul_sd.discovery.run import discover_once, run_discovery
+from consul_sd.discovery.snapshots import Snapshot
+from consul_simulator import ConsulSimulator
+from consul_simulator.catalog import Catalog
 
 pytestmark = pytest.mark.looptime
 

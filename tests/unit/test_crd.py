@@ -4,8 +4,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-from consul_sd.crd import CRD_FILE, build_crd, render_crd
+from tools.crd import CRD_FILE, build_crd, render_crd
 
 CRD_PATH = Path(__file__).parents[2] / "deploy" / "crds" / CRD_FILE
 
@@ -23,7 +22,7 @@ def walk(node: Any) -> list[dict[str, Any]]:
 
 
 def test_the_committed_crd_is_what_the_model_generates() -> None:
-    assert CRD_PATH.read_text() == render_crd(), "run: python -m consul_sd.crd > " + str(CRD_PATH)
+    assert CRD_PATH.read_text() == render_crd(), "run: python -m tools.crd > " + str(CRD_PATH)
 
 
 def test_the_schema_is_structural() -> None:

@@ -18,10 +18,14 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from consul_sd.consul import ConsulACLDenied, ConsulClient, ConsulEndpoint, RetryPolicy
-from consul_sd.simulator import ConsulSimulator
-from consul_sd.spec import Mode
-from consul_sd.workers import DiscoveryIncomplete, DiscoveryQuery, discover_once
+from consul_sd.api.spec import Mode
+from consul_sd.consul.client import ConsulClient, RetryPolicy
+from consul_sd.consul.endpoint import ConsulEndpoint
+from consul_sd.consul.errors import ConsulACLDenied
+from consul_sd.discovery.query import DiscoveryQuery
+from consul_sd.discovery.run import discover_once
+from consul_sd.discovery.snapshots import DiscoveryIncomplete
+from consul_simulator import ConsulSimulator
 
 pytestmark = pytest.mark.looptime
 
@@ -58,7 +62,7 @@ RETRY = RetryPolicy(attempts=1, base_delay=0.1, max_delay=1.0)
 async def test_a_token_without_agent_read_takes_the_datacenter_from_the_catalogs_nodes(
     sim: ConsulSimulator, mode: Mode, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="consul_sd.workers")
+    caplog.set_level(logging.INFO, logger="consul_sd.discovery.run")
     async with AgentReadDenied(endpoint=endpoint(sim), max_connections=10, retry=RETRY) as client:
         snapshot = await discover_once(query=DiscoveryQuery(mode=mode), client=client)
     labels = [target.label_dict() for group in snapshot.groups.values() for target in group]
@@ -91,7 +95,7 @@ async def test_a_token_with_no_rights_fails_with_the_denial_and_what_would_help(
 async def test_with_agent_read_the_agents_own_datacenter_is_used_and_nothing_is_said(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="consul_sd.workers")
+    caplog.set_level(logging.INFO, logger="consul_sd.discovery.run")
     async with ConsulSimulator(jitter=False, datacenter="dc9", acl_token=MANAGEMENT) as sim:
         sim.generate(services=2, instances=1, nodes=1)
         client = ConsulClient(endpoint=endpoint(sim, MANAGEMENT), max_connections=10, retry=RETRY)

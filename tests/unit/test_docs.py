@@ -6,16 +6,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from consul_sd.crd import spec_schema, status_schema
-from consul_sd.docs import (
+from tools.crd import spec_schema, status_schema
+from tools.docs import (
     CROSS_FIELD_RULES,
     DOC_PATH,
     FALLBACK_DESCRIPTIONS,
     render_reference,
     write_reference,
 )
-from consul_sd.spec import SpecError, parse_spec
+
+from consul_sd.api.spec import SpecError, parse_spec
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VALID = {"consul": {"server": "consul:8500"}, "output": {"configMap": {"name": "x"}}}
@@ -43,7 +43,7 @@ VIOLATIONS: list[dict[str, Any]] = [
 
 def test_the_committed_reference_is_what_the_model_generates() -> None:
     path = REPO_ROOT / DOC_PATH
-    assert path.read_text() == render_reference(), "run: python -m consul_sd.docs --write"
+    assert path.read_text() == render_reference(), "run: python -m tools.docs --write"
 
 
 def test_write_reference_writes_the_page_under_the_root(tmp_path: Path) -> None:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from consul_sd.durations import format_duration, parse_duration
+from consul_sd.api.durations import format_duration, parse_duration
 
 
 @pytest.mark.parametrize(

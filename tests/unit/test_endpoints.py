@@ -10,11 +10,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from consul_sd.consul import ConsulEndpoint
+from consul_sd.api.spec import Mode
+from consul_sd.consul.endpoint import ConsulEndpoint
+from consul_sd.discovery.query import DiscoveryQuery
+from consul_sd.discovery.run import run_discovery
+from consul_sd.discovery.snapshots import Snapshot
 from consul_sd.endpoints import build_client
-from consul_sd.simulator import ConsulSimulator
-from consul_sd.spec import Mode
-from consul_sd.workers import DiscoveryQuery, Snapshot, run_discovery
+from consul_simulator import ConsulSimulator
 
 pytestmark = pytest.mark.looptime
 MAX_CONCURRENT = 5

@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 import yaml
 
-from consul_sd.cli import build_parser, load_spec
-from consul_sd.outputs import config_map_shards
-from consul_sd.spec import ConsulDiscoverySpec, parse_spec
+from consul_sd.api.spec import ConsulDiscoverySpec, parse_spec
+from consul_sd.cli import build_parser
+from consul_sd.cli.discover import load_spec
+from consul_sd.outputs.shards import config_map_shards
 from consul_sd.targets import Target
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

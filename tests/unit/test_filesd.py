@@ -10,10 +10,10 @@ import json
 import threading
 from pathlib import Path
 
-from consul_sd.consul import ConsulServerError, ConsulUnreachable
-from consul_sd.filesd import FileSDWriter
+from consul_sd.consul.errors import ConsulServerError, ConsulUnreachable
+from consul_sd.discovery.snapshots import Snapshot
+from consul_sd.outputs.filesd import FileSDWriter
 from consul_sd.targets import Target, TargetGroup
-from consul_sd.workers import Snapshot
 
 OUTAGE = ConsulUnreachable("/v1/catalog/services: connection refused")
 

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from consul_sd.limiter import AdaptiveLimit
+from consul_sd.consul.limiter import AdaptiveLimit
 
 
 class Clock:

@@ -4,15 +4,15 @@ import json
 
 import pytest
 
-from consul_sd.consul import Instance
-from consul_sd.outputs import (
+from consul_sd.api.spec import ConfigMapOutput, ScrapeConfigOutput
+from consul_sd.consul.records import Instance
+from consul_sd.outputs.shards import (
     OutputTooLarge,
     config_map_shards,
     scrape_config_shards,
     scrape_config_spec,
     scrape_settings,
 )
-from consul_sd.spec import ConfigMapOutput, ScrapeConfigOutput
 from consul_sd.targets import TargetGroup, build_target_group
 
 

@@ -7,8 +7,8 @@ from typing import Any
 import kopf
 import pytest
 
-from consul_sd import handlers
-from consul_sd.progress import MIN_ALLOWANCE, PUBLISH_ALLOWANCE, Progress
+from consul_sd.controller import handlers
+from consul_sd.controller.progress import MIN_ALLOWANCE, PUBLISH_ALLOWANCE, Progress
 
 
 class Clock:

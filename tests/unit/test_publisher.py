@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
+from consul_sd.api.spec import Output, parse_spec
 from consul_sd.kube import KubeError
-from consul_sd.outputs import shard_index
-from consul_sd.publisher import RELIST_SECONDS, OutputPublisher
-from consul_sd.spec import Output, parse_spec
+from consul_sd.outputs.publisher import RELIST_SECONDS, OutputPublisher
+from consul_sd.outputs.shards import shard_index
 from tests.unit.fake_kube import REF, FakeKube, Killed, lines_of
 from tests.unit.test_outputs import fleet
 

@@ -12,11 +12,11 @@ import contextlib
 from collections.abc import Mapping
 from typing import Any
 
+from consul_sd.api.spec import parse_spec
+from consul_sd.controller.runner import GenerationSink
 from consul_sd.kube import KubeError, OutputKind
-from consul_sd.outputs import shard_index
-from consul_sd.publisher import OutputPublisher
-from consul_sd.runner import GenerationSink
-from consul_sd.spec import parse_spec
+from consul_sd.outputs.publisher import OutputPublisher
+from consul_sd.outputs.shards import shard_index
 from consul_sd.targets import TargetGroup
 from tests.unit.fake_kube import REF, FakeKube
 from tests.unit.test_outputs import fleet

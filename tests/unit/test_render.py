@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import json
 
-from consul_sd.consul import Instance
-from consul_sd.render import render_file_sd
+from consul_sd.consul.records import Instance
+from consul_sd.outputs.render import render_file_sd
 from consul_sd.targets import TargetGroup, build_target_group
 
 

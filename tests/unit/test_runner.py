@@ -12,16 +12,24 @@ import base64
 import itertools
 import json
 import logging
+import time
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import pytest
 import trustme
+from prometheus_client import REGISTRY
 
-from consul_sd import runner
-from consul_sd.consul import ConsulBadRequest, ConsulServerError
-from consul_sd.credentials import resolve_endpoint
+from consul_sd.api.durations import format_duration
+from consul_sd.api.spec import parse_spec
+from consul_sd.api.status import Problem
+from consul_sd.consul.errors import ConsulBadRequest, ConsulServerError, ConsulUnreachable
+from consul_sd.controller import reporting, runner
+from consul_sd.controller.credentials import resolve_endpoint
+from consul_sd.controller.progress import Progress
+from consul_sd.controller.runner import GenerationSink, describe_failure, run_generation
+from consul_sd.discovery.snapshots import Snapshot
 from consul_sd.kube import (
     DiscoveryRef,
     KubeError,
@@ -29,21 +37,18 @@ from consul_sd.kube import (
     SecretNotFound,
     decode_secret_value,
 )
-from consul_sd.progress import Progress
-from consul_sd.runner import GenerationSink, Problem, run_generation
-from consul_sd.simulator import ConsulSimulator
-from consul_sd.spec import parse_spec
-from consul_sd.workers import Snapshot
+from consul_sd.loops import cancel_and_wait
+from consul_simulator import ConsulSimulator
 from tests.unit.fake_kube import REF, FakeKube
 from tests.unit.test_outputs import fleet
 
 SPEC = {"consul": {"server": "c:8500"}, "output": {"configMap": {"name": "cr"}}}
+SECRET_BYTES = "s3cr3t-value"
 
 
-def sink_for(kube: FakeKube) -> GenerationSink:
-    return GenerationSink(
-        kube=kube, ref=REF, generation=3, spec=parse_spec(SPEC, require_output=True)
-    )
+def sink_for(kube: FakeKube, *, clock: Callable[[], float] = time.monotonic) -> GenerationSink:
+    spec = parse_spec(SPEC, require_output=True)
+    return GenerationSink(kube=kube, ref=REF, generation=3, spec=spec, clock=clock)
 
 
 def snapshot(services: int, **kwargs: Any) -> Snapshot:
@@ -179,6 +184,104 @@ async def test_a_blocked_start_reports_ready_false_with_the_reason(reason: str) 
     assert (ready["status"], ready["reason"], ready["message"]) == ("False", reason, "what to fix")
 
 
+async def test_the_status_sends_exactly_the_fields_it_knows() -> None:
+    """Built from the CRD's model, it has today's keys; none null, no outputs before a write."""
+    kube = FakeKube()
+    sink = sink_for(kube)
+    await sink.report_blocked(None)
+    assert set(kube.statuses[-1]) == {"observedGeneration", "conditions"}
+    await sink.resume()
+    requests = Counter({("catalog_services", "ok"): 1, ("health_service", "ok"): 4})
+    await sink.publish(snapshot(4, duration=1.5, requests=requests))
+    status = kube.statuses[-1]
+    assert set(status) == {
+        "observedGeneration",
+        "conditions",
+        "mode",
+        "services",
+        "failedServices",
+        "consulRequests",
+        "lastSyncDuration",
+        "lastSyncTime",
+        "targets",
+        "outputs",
+    }
+    figures = ("mode", "services", "failedServices", "consulRequests", "lastSyncDuration")
+    assert [status[key] for key in figures] == ["Polling", 4, 0, 5, "1s500ms"]
+    assert set(condition(status, "Ready")) == {
+        "type",
+        "status",
+        "reason",
+        "message",
+        "lastTransitionTime",
+        "observedGeneration",
+    }
+
+
+async def test_counters_alone_refresh_the_status_at_most_every_min_interval() -> None:
+    now = [0.0]
+    kube = FakeKube()
+    sink = sink_for(kube, clock=lambda: now[0])
+    await sink.resume()
+    await sink.publish(snapshot(5, requests=Counter({("health_service", "ok"): 5})))
+    patched = len(kube.statuses)
+    now[0] += 1
+    await sink.publish(snapshot(5, requests=Counter({("health_service", "ok"): 2}), duration=3))
+    assert len(kube.statuses) == patched  # requests and duration alone: not yet
+    now[0] += reporting.STATUS_MIN_INTERVAL
+    await sink.publish(snapshot(5, requests=Counter({("health_service", "ok"): 2})))
+    assert len(kube.statuses) == patched + 1
+    await sink.publish(snapshot(6))  # the targets changed: at once
+    assert len(kube.statuses) == patched + 2
+    assert kube.statuses[-1]["targets"] == 18
+
+
+async def test_auto_before_it_chose_a_mode_shows_no_mode() -> None:
+    kube = FakeKube()
+    sink = sink_for(kube)
+    await sink.resume()
+    cycles = {"namespace": "ns", "name": "cr", "mode": "Auto"}
+    before = REGISTRY.get_sample_value("consul_sd_publications_total", cycles) or 0
+    unreachable = ConsulUnreachable("/v1/catalog/services: connection refused")
+    await sink.publish(snapshot(0, mode=None, complete=False, matched=0, error=unreachable))
+    status = kube.statuses[-1]
+    assert "mode" not in status
+    assert condition(status, "Degraded")["reason"] == "ConsulUnreachable"
+    assert REGISTRY.get_sample_value("consul_sd_publications_total", cycles) == before + 1
+
+
+@pytest.mark.parametrize("mode", ["Polling", "Blocking", None])
+async def test_every_mode_reports_how_long_its_discovery_took(mode: str | None) -> None:
+    kube = FakeKube()
+    sink = sink_for(kube)
+    await sink.resume()
+    labels = {"namespace": "ns", "name": "cr"}
+    count = REGISTRY.get_sample_value("consul_sd_cycle_duration_seconds_count", labels) or 0
+    total = REGISTRY.get_sample_value("consul_sd_cycle_duration_seconds_sum", labels) or 0
+    await sink.publish(snapshot(3, mode=mode, duration=2.5))
+    assert kube.statuses[-1]["lastSyncDuration"] == format_duration(2.5)
+    assert REGISTRY.get_sample_value("consul_sd_cycle_duration_seconds_count", labels) == count + 1
+    assert REGISTRY.get_sample_value("consul_sd_cycle_duration_seconds_sum", labels) == total + 2.5
+
+
+@pytest.mark.parametrize(
+    ("failure", "reason"),
+    [
+        (SecretNotFound("Secret ns/consul not found"), "SecretNotFound"),
+        (SecretInvalid("Secret ns/consul key 'token': blank"), "SecretInvalid"),
+        (KubeError("HTTP 503: unavailable", status=503), "KubernetesError"),
+        (ConsulServerError("HTTP 500: No cluster leader", status=500), "ConsulServerError"),
+        (ValueError(SECRET_BYTES), "InternalError"),
+    ],
+)
+def test_a_failure_at_the_boundary_is_reported_by_its_reason(
+    failure: Exception, reason: str
+) -> None:
+    problem = describe_failure(failure)
+    assert problem.reason == reason
+    assert SECRET_BYTES not in problem.message  # an unexpected exception's text never shows
+
+
 # ---------------------------------------------------------------------------- credentials
 
 TLS_SPEC = {
@@ -234,9 +337,6 @@ async def test_a_missing_secret_raises_secret_not_found() -> None:
     ).consul
     with pytest.raises(SecretNotFound, match="ns/gone"):
         await resolve_endpoint(kube=FakeKube(), namespace="ns", consul=consul)
-
-
-SECRET_BYTES = "s3cr3t-value"
 
 
 @pytest.mark.parametrize(
@@ -325,8 +425,7 @@ async def until(predicate: Any, *, timeout: float = 600) -> None:
 
 
 async def stop(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    await cancel_and_wait([task])
 
 
 @pytest.mark.looptime
@@ -345,12 +444,58 @@ async def test_a_rotated_secret_while_a_service_fails_keeps_that_services_target
         sim.faults.fail_services = {failing}
         kube.secrets[("consul", "token")] = "rotated"
         reads = len(kube.secret_reads)
-        await until(lambda: len(kube.secret_reads) > reads + 1)  # re-read, then resolved again
+        await until(lambda: len(kube.secret_reads) > reads)  # the re-read starts the new worker
         await asyncio.sleep(3 * 5)  # a few cycles of the new worker
         assert held_services(kube) == everything
         assert condition(kube.statuses[-1], "Degraded")["reason"] == "ServicesFailing"
     finally:
         await stop(task)
+
+
+@pytest.mark.looptime
+async def test_a_rotated_secret_is_read_once_and_the_new_worker_uses_it(
+    acl_sim: ConsulSimulator,
+) -> None:
+    sim = acl_sim
+    kube = FakeKube(secrets={("consul", "token"): "good-token"})
+    task = asyncio.create_task(
+        run_generation(kube=kube, ref=REF, generation=1, spec_data=acl_spec(sim, filtered=False))
+    )
+    try:
+        await until(lambda: held_services(kube) == set(sim.catalog.service_names()))
+        sim.acl_token = "rotated-token"  # the old token is refused from now on
+        kube.secrets[("consul", "token")] = "rotated-token"
+        reads = len(kube.secret_reads)
+        await until(lambda: len(kube.secret_reads) > reads)  # the recheck saw the rotation
+        await asyncio.sleep(3 * 5)  # a few cycles of the new worker, before its first recheck
+        assert len(kube.secret_reads) == reads + 1
+        assert condition(kube.statuses[-1], "Degraded")["status"] == "False"
+    finally:
+        await stop(task)
+
+
+@pytest.mark.looptime
+async def test_a_secret_deleted_while_running_is_read_once_before_it_is_reported(
+    sim: ConsulSimulator,
+) -> None:
+    kube = FakeKube(secrets={("consul", "token"): "t"})
+    task = asyncio.create_task(
+        run_generation(kube=kube, ref=REF, generation=1, spec_data=generation_spec(sim, "Polling"))
+    )
+    try:
+        await until(lambda: held_services(kube) == set(sim.catalog.service_names()))
+        reads = len(kube.secret_reads)
+        del kube.secrets[("consul", "token")]
+        await until(lambda: condition(kube.statuses[-1], "Degraded")["reason"] == "SecretNotFound")
+    finally:
+        await stop(task)
+    first = next(
+        i
+        for i, status in enumerate(kube.statuses)
+        if condition(status, "Degraded")["reason"] == "SecretNotFound"
+    )
+    assert kube.secret_reads_at_each_status[first] == reads + 1
+    assert condition(kube.statuses[first], "Ready")["status"] == "True"  # the outputs keep it
 
 
 @pytest.mark.looptime

@@ -5,10 +5,10 @@ import re
 from typing import Any
 
 import pytest
+from tools.crd import spec_schema
 
-from consul_sd.crd import spec_schema
-from consul_sd.spec import SpecError, parse_spec, validate_discovery_name
-from consul_sd.workers import DiscoveryQuery
+from consul_sd.api.spec import SpecError, parse_spec, validate_discovery_name
+from consul_sd.discovery.query import DiscoveryQuery
 
 MINIMAL: dict[str, Any] = {"consul": {"server": "consul.consul.svc:8500"}}
 

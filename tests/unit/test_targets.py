@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from consul_sd.consul import Check, Instance, aggregated_status
+from consul_sd.consul.records import Check, Instance, aggregated_status
 from consul_sd.targets import build_target_group, join_host_port, sanitize_label_name
 
 

@@ -14,20 +14,18 @@ from typing import Any
 
 import pytest
 
-from consul_sd.consul import ConsulACLDenied, ConsulClient, ConsulEndpoint, RetryPolicy
-from consul_sd.render import render_file_sd
-from consul_sd.simulator import ConsulSimulator
-from consul_sd.spec import Mode
-from consul_sd.workers import (
-    ChangeGate,
-    DiscoveryQuery,
-    Snapshot,
-    changed_services,
-    choose_mode,
-    discover_once,
-    is_publishable,
-    run_discovery,
-)
+from consul_sd.api.spec import Mode
+from consul_sd.consul.client import ConsulClient, RetryPolicy
+from consul_sd.consul.endpoint import ConsulEndpoint
+from consul_sd.consul.errors import ConsulACLDenied
+from consul_sd.discovery.auto import choose_mode
+from consul_sd.discovery.blocking import index_went_back, next_index
+from consul_sd.discovery.gate import ChangeGate, changed_services
+from consul_sd.discovery.query import DiscoveryQuery
+from consul_sd.discovery.run import discover_once, run_discovery
+from consul_sd.discovery.snapshots import Snapshot, is_publishable
+from consul_sd.outputs.render import render_file_sd
+from consul_simulator import ConsulSimulator
 
 pytestmark = pytest.mark.looptime
 
@@ -698,6 +696,18 @@ async def test_a_health_filter_consul_rejects_everywhere_publishes_nothing(
     assert not snapshot.complete
     assert snapshot.failed["web"].reason == "ConsulBadRequest"
     assert sim.counters.requests["health_service"] == 2  # a bad request is not retried
+
+
+def test_an_index_that_went_back_is_read_again_and_none_is_asked_below_one() -> None:
+    # Moved from test_consul_client (next_index's backwards branch is index_went_back's rule).
+    assert next_index(0) == 1
+    assert next_index(12) == 12
+    assert next_index(10) == 10
+    assert index_went_back(previous=10, answered=5)
+    assert index_went_back(previous=10, answered=-3)
+    assert not index_went_back(previous=10, answered=12)
+    assert not index_went_back(previous=10, answered=10)
+    assert not index_went_back(previous=0, answered=0)
 
 
 async def test_an_answer_whose_index_went_back_is_not_applied(sim: ConsulSimulator) -> None:

@@ -1,0 +1,180 @@
+"""kopf handlers: the only module that imports kopf, and the ``consul-sd operator`` entry point.
+
+One daemon per ConsulDiscovery runs :func:`.runner.run_generation` for the CR's current
+``metadata.generation``. A spec edit starts a new generation's runner and cancels the old one;
+the new runner leaves the outputs in place until its first complete snapshot (see
+:class:`consul_sd.outputs.publisher.OutputPublisher`). Deletion stops the daemon;
+ownerReferences let the garbage collector remove the outputs.
+
+Settings follow the reference: the project's own finalizer and annotation prefix
+(``consul-sd.io``), never kopf's defaults; kopf posts only WARNING and above as events (our own
+events come from the runner); a liveness endpoint; a cancellation timeout so a stuck worker cannot
+block deletion. Handlers are never attached to the generated ConfigMaps or ScrapeConfigs, whose
+annotations kopf would otherwise fill.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+from prometheus_client import start_http_server
+
+from consul_sd import metrics
+from consul_sd.api.names import FINALIZER, GROUP, PLURAL, VERSION
+from consul_sd.controller.progress import PROGRESS
+from consul_sd.controller.runner import run_generation
+from consul_sd.kube import DiscoveryRef, Kube
+from consul_sd.loops import cancel_and_wait
+
+GENERATION_POLL_SECONDS = 1.0
+CANCELLATION_TIMEOUT = 10.0
+# The pause before a runner that crashed (a bug in it) starts again: never a hot loop.
+RESTART_PAUSE_SECONDS = 5.0
+
+
+@kopf.on.startup()
+def configure(*, settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    # Every other request of kopf's own (patches, events) is bounded too.
+    settings.networking.request_timeout = 30
+    memo.kube = Kube.from_environment()
+
+
+@kopf.daemon(
+    GROUP,
+    VERSION,
+    PLURAL,
+    # Above GENERATION_POLL_SECONDS, so the daemon stops by itself before kopf cancels it.
+    cancellation_backoff=2 * GENERATION_POLL_SECONDS,
+    cancellation_timeout=CANCELLATION_TIMEOUT,
+)
+async def run_consul_discovery(
+    *,
+    name: str,
+    namespace: str | None,
+    uid: str,
+    meta: kopf.Meta,
+    spec: kopf.Spec,
+    status: kopf.Status,
+    stopped: kopf.DaemonStopped,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    memo: kopf.Memo,
+    **_: Any,
+) -> None:
+    """Keep one runner alive per generation of this ConsulDiscovery until it is deleted."""
+    assert namespace is not None, "ConsulDiscovery is namespaced"
+    ref = DiscoveryRef(namespace=namespace, name=name, uid=uid)
+    generation: int | None = None
+    runner: asyncio.Task[None] | None = None
+    try:
+        while not stopped:
+            current = int(meta.get("generation") or 0)
+            if current != generation or runner is None or runner.done():
+                if (error := _crash(runner)) is not None:
+                    # run_generation reports its own failures; only a bug in it lands here.
+                    logger.error(
+                        "%s/%s: discovery runner stopped (%s); restarting",
+                        namespace,
+                        name,
+                        type(error).__name__,
+                    )
+                    await stopped.wait(RESTART_PAUSE_SECONDS)
+                    if stopped:
+                        break
+                await _stop(runner)
+                generation = current
+                logger.info(
+                    "%s/%s: starting discovery for generation %d", namespace, name, generation
+                )
+                runner = _start(memo.kube, ref=ref, generation=generation, spec=spec, status=status)
+            await stopped.wait(GENERATION_POLL_SECONDS)
+    finally:
+        await _stop(runner)
+        metrics.forget(namespace, name)
+        PROGRESS.forget(f"{namespace}/{name}")
+
+
+def _crash(runner: asyncio.Task[None] | None) -> BaseException | None:
+    """What a runner that ended by itself raised; None while it runs, or if it was cancelled."""
+    if runner is None or not runner.done() or runner.cancelled():
+        return None
+    return runner.exception()
+
+
+def _start(
+    kube: Kube,
+    *,
+    ref: DiscoveryRef,
+    generation: int,
+    spec: Mapping[str, Any],
+    status: Mapping[str, Any],
+) -> asyncio.Task[None]:
+    return asyncio.create_task(
+        run_generation(
+            kube=kube,
+            ref=ref,
+            generation=generation,
+            # A copy: kopf updates the live spec view in place.
+            spec_data=copy.deepcopy(dict(spec)),
+            ready_before=was_ready(status, generation=generation),
+        ),
+        name=f"consul-sd {ref.namespace}/{ref.name}",
+    )
+
+
+def was_ready(status: Mapping[str, Any], *, generation: int) -> bool:
+    """Whether the status says this generation's outputs were written completely."""
+    if status.get("observedGeneration") != generation:
+        return False
+    return any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in status.get("conditions") or []
+    )
+
+
+async def _stop(task: asyncio.Task[None] | None) -> None:
+    if task is not None and not task.done():
+        await cancel_and_wait([task])
+
+
+@kopf.on.probe(id="discoveries")
+async def count_discoveries(**_: Any) -> int:
+    """The number of running discoveries; fails liveness when one stopped progressing."""
+    stalled = PROGRESS.stalled()
+    if stalled:
+        raise kopf.PermanentError("discovery stalled: " + "; ".join(stalled))
+    return sum(1 for task in asyncio.all_tasks() if task.get_name().startswith("consul-sd "))
+
+
+# ----------------------------------------------------------------------------------- command
+
+
+def run_operator(args: argparse.Namespace) -> int:
+    """``consul-sd operator``: kopf's runner with this module's handlers."""
+    if args.metrics_port:
+        start_http_server(args.metrics_port, addr=args.bind_address)
+    liveness = None
+    if args.liveness_port:
+        liveness = f"http://{args.bind_address}:{args.liveness_port}/healthz"
+    namespaces = tuple(args.namespace)
+    kopf.run(
+        standalone=args.standalone or None,
+        peering_name=args.peering_name,
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        liveness_endpoint=liveness,
+    )
+    return 0

@@ -1,0 +1,335 @@
+"""One ConsulDiscovery generation at run time: its lifecycle, the worker and the failure boundary.
+
+:func:`run_generation` is what the kopf daemon runs for each ``metadata.generation``; it does not
+import kopf, so it is tested against a fake :class:`KubeAPI` or a real apiserver alike.
+
+- The spec is validated first; rules the CRD schema cannot express end as Ready=False
+  ``InvalidSpec`` with every problem named, and nothing runs until the spec changes.
+- Everything after that runs inside one boundary: any exception (a missing or invalid Secret,
+  an apiserver failure, a bug) ends in a status reason and a Warning event
+  (:func:`describe_failure`), the outputs keep what they hold, and the worker starts again after
+  a backoff (:class:`consul_sd.loops.Backoff`). The log line names the CR and, for an unexpected
+  exception, its type and where it was raised, never its arguments (they may hold a credential).
+- Each start reads each Secret key once (:mod:`.credentials`); a worker runs until a
+  recheck every :data:`SECRET_RECHECK_SECONDS` finds other values (a rotation) or none, and the
+  next start uses what that recheck read instead of reading again.
+- Whatever restarts the worker (a rotated Secret, a failure, an operator restart) hands the new
+  one the targets last written (after a restart, what the outputs hold) as its starting point,
+  so a service that fails during the new worker's first cycle keeps its targets.
+- :class:`GenerationSink` takes the worker's snapshots: the outputs are written by
+  :class:`consul_sd.outputs.publisher.OutputPublisher` (superset-first, owned objects only), nothing
+  before the first complete snapshot; status and events are :mod:`.reporting`'s, the
+  conditions :mod:`.conditions`'.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from consul_sd import metrics
+from consul_sd.api.spec import ConsulDiscoverySpec, SpecError, parse_spec, validate_discovery_name
+from consul_sd.api.status import (
+    REASON_INTERNAL_ERROR,
+    REASON_INVALID_SPEC,
+    REASON_KUBERNETES_ERROR,
+    REASON_SECRET_INVALID,
+    REASON_SECRET_NOT_FOUND,
+    Problem,
+)
+from consul_sd.consul.client import RequestObserver
+from consul_sd.consul.errors import ConsulError
+from consul_sd.controller.conditions import consul_problem
+from consul_sd.controller.credentials import (
+    ResolvedEndpoint,
+    SecretReader,
+    SecretValues,
+    endpoint_from_values,
+    resolve_endpoint,
+)
+from consul_sd.controller.credentials import fingerprint as secrets_fingerprint
+from consul_sd.controller.credentials import read_values as read_secret_values
+from consul_sd.controller.progress import PROGRESS
+from consul_sd.controller.reporting import StatusAPI, StatusReporter, Written
+from consul_sd.discovery.query import DiscoveryQuery
+from consul_sd.discovery.run import run_discovery
+from consul_sd.discovery.snapshots import Snapshot, is_publishable
+from consul_sd.endpoints import build_client
+from consul_sd.kube import DiscoveryRef, KubeError, SecretInvalid, SecretNotFound
+from consul_sd.loops import Backoff, cancel_and_wait
+from consul_sd.outputs.publisher import OutputAPI, OutputPublisher
+from consul_sd.targets import TargetGroup, count_targets
+
+logger = logging.getLogger(__name__)
+
+SECRET_RECHECK_SECONDS = 60.0
+RESTART_BACKOFF_CAP = 60.0
+# A worker that ran this long before it failed starts its backoff from the beginning again.
+STABLE_RUN_SECONDS = 300.0
+
+__all__ = ["GenerationSink", "KubeAPI", "describe_failure", "run_generation"]
+
+# What a Secret recheck read: the new values, or why they cannot be used. The next start takes
+# it instead of reading the Secrets again.
+Reread = SecretValues | SecretNotFound | SecretInvalid
+
+
+class KubeAPI(OutputAPI, SecretReader, StatusAPI, Protocol):
+    """What the runner needs of :class:`consul_sd.kube.Kube` (the seam unit tests fake)."""
+
+
+def _key(ref: DiscoveryRef) -> str:
+    return f"{ref.namespace}/{ref.name}"
+
+
+class GenerationSink:
+    """Where a generation's workers publish: outputs, then status; and what a restart seeds."""
+
+    def __init__(
+        self,
+        *,
+        kube: KubeAPI,
+        ref: DiscoveryRef,
+        generation: int,
+        spec: ConsulDiscoverySpec,
+        ready_before: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """``ready_before``: the status said Ready for this generation (an operator restart)."""
+        assert spec.output is not None, "the runner requires an output"
+        self._ready_before = ready_before
+        self.ref = ref
+        self.outputs = OutputPublisher(kube=kube, ref=ref, output=spec.output)
+        self.status = StatusReporter(kube=kube, ref=ref, generation=generation, clock=clock)
+        self.written: Written | None = None  # nothing written by this generation yet
+        self.resumed = False
+        # The targets the outputs hold (last written, or read back by resume): a new worker's
+        # starting point.
+        self.seed: Mapping[str, TargetGroup] = {}
+
+    @property
+    def published(self) -> bool:
+        return self.written is not None
+
+    async def resume(self) -> None:
+        self.seed = await self.outputs.resume()
+        self.resumed = True
+        if self._ready_before and self.seed:
+            # This generation was written completely before the restart, and the outputs still
+            # hold it: Ready stays True, and the new worker updates it like any later snapshot.
+            self.written = Written(
+                targets=count_targets(self.seed),
+                services=len(self.seed),
+                outputs=self.outputs.outputs,
+            )
+
+    async def publish(self, snapshot: Snapshot) -> None:
+        ns, cr = self.ref.namespace, self.ref.name
+        with PROGRESS.publishing(_key(self.ref)):
+            # Auto publishes before it chose a mode only when Consul failed from the start.
+            metrics.CYCLES.labels(ns, cr, snapshot.mode or "Auto").inc()
+            if snapshot.duration:  # every mode, as lastSyncDuration
+                metrics.CYCLE_DURATION.labels(ns, cr).observe(snapshot.duration)
+            problem: Problem | None = None
+            synced = is_publishable(snapshot, published_before=self.published)
+            if synced:
+                problem = await self.outputs.write(snapshot.groups)
+                synced = problem is None
+                if synced:
+                    self.written = Written(
+                        targets=snapshot.targets,
+                        services=len(snapshot.groups),
+                        outputs=self.outputs.outputs,
+                    )
+                    self.seed = snapshot.groups
+                    metrics.TARGETS.labels(ns, cr).set(snapshot.targets)
+            metrics.SERVICES.labels(ns, cr).set(snapshot.matched)
+            metrics.FAILED_SERVICES.labels(ns, cr).set(len(snapshot.failed))
+            await self.status.report(
+                snapshot=snapshot,
+                problem=problem or consul_problem(snapshot),
+                written=self.written,
+                synced=synced,
+            )
+
+    async def report_blocked(self, problem: Problem | None) -> None:
+        """Discovery is not running (invalid spec, missing Secret, a failure); outputs stay."""
+        await self.status.report(
+            snapshot=None,
+            problem=problem,
+            written=self.written,
+        )
+
+
+def _observer(ref: DiscoveryRef) -> RequestObserver:
+    key = _key(ref)
+
+    def observe(*, endpoint: str, outcome: str, seconds: float) -> None:
+        metrics.CONSUL_REQUESTS.labels(ref.namespace, ref.name, endpoint, outcome).inc()
+        PROGRESS.step(key)
+
+    return observe
+
+
+async def run_generation(
+    *,
+    kube: KubeAPI,
+    ref: DiscoveryRef,
+    generation: int,
+    spec_data: Mapping[str, Any],
+    ready_before: bool = False,
+) -> None:
+    """Run one generation of a ConsulDiscovery until cancelled (by a spec change or deletion).
+
+    ``ready_before``: its status said Ready for this generation when the runner started (after
+    an operator restart), so the outputs it holds are a complete set of this generation.
+    """
+    reporter = StatusReporter(kube=kube, ref=ref, generation=generation)
+    try:
+        spec = parse_spec(spec_data, require_output=True)
+        if name_problem := validate_discovery_name(ref.name):
+            raise SpecError([name_problem])
+    except SpecError as exc:
+        logger.warning("%s: invalid spec: %s", _key(ref), exc)
+        problem = Problem(REASON_INVALID_SPEC, str(exc))
+        await reporter.report(snapshot=None, problem=problem, written=None)
+        PROGRESS.forget(_key(ref))  # no loop runs: the previous generation's must not look stuck
+        await asyncio.Event().wait()  # nothing to run until the spec changes
+        return
+    sink = GenerationSink(
+        kube=kube, ref=ref, generation=generation, spec=spec, ready_before=ready_before
+    )
+    allowance = 3 * max(spec.refresh_seconds, spec.watch_seconds) + RESTART_BACKOFF_CAP
+    PROGRESS.track(_key(ref), allowance=allowance)
+    await _keep_running(kube=kube, sink=sink, spec=spec)
+
+
+async def _keep_running(*, kube: KubeAPI, sink: GenerationSink, spec: ConsulDiscoverySpec) -> None:
+    """The failure boundary: start the worker again and again, after a backoff if it failed."""
+    backoff = Backoff(base=2.0, cap=RESTART_BACKOFF_CAP)
+    reread: Reread | None = None
+    loop = asyncio.get_running_loop()
+    while True:
+        started = loop.time()
+        try:
+            reread = await _run_worker(kube=kube, sink=sink, spec=spec, reread=reread)
+            backoff.reset()
+        except Exception as exc:  # the boundary: every failure ends in status and an event
+            reread = None
+            if loop.time() - started > STABLE_RUN_SECONDS:
+                backoff.reset()  # a failure after a long good run is a new story, not a retry
+            problem = describe_failure(exc)
+            _log_failure(sink.ref, problem=problem, exc=exc)
+            await sink.report_blocked(problem)
+            await backoff.wait()
+        PROGRESS.step(_key(sink.ref))
+
+
+async def _run_worker(
+    *, kube: KubeAPI, sink: GenerationSink, spec: ConsulDiscoverySpec, reread: Reread | None
+) -> Reread:
+    """Run the worker until the credentials change (return what was read) or it fails (raise).
+
+    ``reread``: what the recheck that ended the previous worker read, used instead of reading
+    the Secrets again.
+    """
+    ref = sink.ref
+    if not sink.resumed:
+        await sink.resume()
+        if not sink.published:
+            await sink.report_blocked(None)  # Progressing: the first discovery is under way
+    resolved = await _credentials(kube=kube, ref=ref, spec=spec, reread=reread)
+    query = DiscoveryQuery.from_spec(spec)
+    client = build_client(
+        resolved.endpoint, max_concurrent=spec.max_concurrent, observer=_observer(ref)
+    )
+    async with client:
+        worker = asyncio.create_task(
+            run_discovery(query=query, client=client, publish=sink.publish, seed=sink.seed),
+            name=f"consul-sd worker {_key(ref)}",
+        )
+        try:
+            return await _until_credentials_change(
+                kube=kube, ref=ref, spec=spec, fingerprint=resolved.fingerprint, worker=worker
+            )
+        finally:
+            await cancel_and_wait([worker])
+
+
+async def _credentials(
+    *, kube: KubeAPI, ref: DiscoveryRef, spec: ConsulDiscoverySpec, reread: Reread | None
+) -> ResolvedEndpoint:
+    """The endpoint of this start, from what the last recheck read if it read anything."""
+    if isinstance(reread, SecretNotFound | SecretInvalid):
+        raise reread  # reported by the boundary, as if this start had read it
+    if reread is None:
+        return await resolve_endpoint(kube=kube, namespace=ref.namespace, consul=spec.consul)
+    return endpoint_from_values(reread, namespace=ref.namespace, consul=spec.consul)
+
+
+async def _until_credentials_change(
+    *,
+    kube: KubeAPI,
+    ref: DiscoveryRef,
+    spec: ConsulDiscoverySpec,
+    fingerprint: str,
+    worker: asyncio.Task[None],
+) -> Reread:
+    """Return what was read when the Secrets changed or vanished; raise what the worker raised."""
+    while True:
+        # Not loops.first_done: the recheck is a timeout, not a second task to cancel.
+        done, _ = await asyncio.wait({worker}, timeout=SECRET_RECHECK_SECONDS)
+        if done:
+            worker.result()
+            raise RuntimeError("the discovery worker stopped")
+        try:
+            values = await read_secret_values(
+                kube=kube, namespace=ref.namespace, consul=spec.consul
+            )
+        except (SecretNotFound, SecretInvalid) as exc:
+            return exc  # reported by the next start
+        except KubeError as exc:
+            # An apiserver blip: the worker's credentials are still good, keep it running.
+            logger.info("%s: Secrets not re-read (%s); will try again", _key(ref), exc)
+            continue
+        if secrets_fingerprint(values) != fingerprint:
+            logger.info("%s: Consul credentials changed; restarting the worker", _key(ref))
+            return values
+
+
+def describe_failure(exc: Exception) -> Problem:
+    """A status reason and message for an exception that reached the runner's boundary."""
+    if isinstance(exc, SecretNotFound):
+        return Problem(REASON_SECRET_NOT_FOUND, str(exc))
+    if isinstance(exc, SecretInvalid):
+        return Problem(REASON_SECRET_INVALID, str(exc))
+    if isinstance(exc, KubeError):
+        return Problem(REASON_KUBERNETES_ERROR, f"Kubernetes API: {exc}")
+    if isinstance(exc, ConsulError):
+        return Problem(exc.reason, str(exc))
+    return Problem(
+        REASON_INTERNAL_ERROR,
+        f"unexpected {type(exc).__name__} at {_where(exc)}; outputs kept, restarting with "
+        "backoff (see the operator log)",
+    )
+
+
+def _where(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "unknown location"
+    frame = frames[-1]
+    return f"{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno} in {frame.name}"
+
+
+def _log_failure(ref: DiscoveryRef, *, problem: Problem, exc: Exception) -> None:
+    if problem.reason != REASON_INTERNAL_ERROR:
+        logger.warning("%s: %s: %s", _key(ref), problem.reason, problem.message)
+        return
+    # The frames, never the exception's text: its arguments may hold a credential.
+    frames = "".join(traceback.format_list(traceback.extract_tb(exc.__traceback__)))
+    logger.error("%s: %s\n%s", _key(ref), problem.message, frames.rstrip())

@@ -1,0 +1,88 @@
+"""What every discovery mode's loops share beyond :mod:`consul_sd.loops`: the error backoff, the
+cold-start retry and the bounded fan-out.
+
+- Errors back off with jitter (:func:`error_backoff`), from :data:`ERROR_BACKOFF_BASE` up to
+  :data:`ERROR_BACKOFF_CAP` in every mode and every loop (a catalog, a service, the datacenter
+  lookup), so a failing Consul is asked again within 15 s whatever ``refreshInterval`` says.
+- :func:`until_answered` retries a read that discovery cannot start without (the datacenter,
+  Auto's first count), publishing each failure so the status shows why nothing is discovered.
+- :func:`fetch_all` fetches many services with at most ``maxConcurrent`` requests in flight.
+
+Cancellation stops every in-flight request: the loops here hold their tasks in a TaskGroup, so
+none outlives its caller. The generic idioms (:class:`~consul_sd.loops.Backoff`,
+:func:`~consul_sd.loops.pace`, :func:`~consul_sd.loops.cancel_and_wait`) live in
+:mod:`consul_sd.loops`; this module adds only what knows about Consul errors and snapshots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+
+from consul_sd.consul.client import ConsulClient
+from consul_sd.consul.errors import ConsulError
+from consul_sd.discovery.query import EffectiveMode
+from consul_sd.discovery.snapshots import Publish, cold_failure
+from consul_sd.loops import Backoff
+
+_T = TypeVar("_T")
+
+ERROR_BACKOFF_BASE = 1.0
+# Prometheus sleeps a fixed 15s after a failed watch; every loop backs off up to the same bound.
+ERROR_BACKOFF_CAP = 15.0
+
+
+def error_backoff() -> Backoff:
+    """A fresh backoff for one loop's Consul errors (the same bounds in every mode)."""
+    return Backoff(base=ERROR_BACKOFF_BASE, cap=ERROR_BACKOFF_CAP)
+
+
+async def until_answered(
+    *,
+    read: Callable[[], Awaitable[_T]],
+    publish: Publish,
+    mode: EffectiveMode | None,
+    client: ConsulClient,
+) -> _T:
+    """``read()`` until Consul answers; each failure is published, then backed off.
+
+    Used before anything was discovered, so each failure is a cold one (see
+    :func:`~consul_sd.discovery.snapshots.cold_failure`); ``mode`` is ``None`` while Auto has
+    not chosen yet.
+    """
+    backoff = error_backoff()
+    while True:
+        try:
+            return await read()
+        except ConsulError as error:
+            await publish(cold_failure(error=error, mode=mode, client=client))
+            await backoff.wait()
+
+
+async def fetch_all(
+    *,
+    names: Sequence[str],
+    fetch: Callable[[str], Awaitable[_T]],
+    max_concurrent: int,
+) -> dict[str, _T | ConsulError]:
+    """``fetch`` every name with at most ``max_concurrent`` calls in flight.
+
+    A fixed pool of workers drains one iterator, rather than a task per name behind a semaphore,
+    so 20000 services cost ``max_concurrent`` tasks. A :class:`ConsulError` is kept as the
+    name's result; any other exception cancels the whole batch.
+    """
+    results: dict[str, _T | ConsulError] = {}
+    pending = iter(names)
+
+    async def drain() -> None:
+        for name in pending:
+            try:
+                results[name] = await fetch(name)
+            except ConsulError as error:
+                results[name] = error
+
+    async with asyncio.TaskGroup() as group:
+        for _ in range(min(max_concurrent, len(names))):
+            group.create_task(drain())
+    return results

@@ -1,0 +1,239 @@
+"""Polling: list the catalog every ``refreshInterval``, fetch the services, publish; forever.
+
+Each cycle lists the matched services, reads the change gate (:mod:`.gate`) and fetches services
+with at most ``maxConcurrent`` requests in flight (:func:`~.loops.fetch_all`). After a clean
+cycle (complete, nothing a retry could change) the gate skips or narrows the next one: a quiet
+fleet costs three small requests per cycle instead of N + 1. Within a fetch, a service whose own
+index has not moved is not decoded or rebuilt.
+
+Indexes are trusted only while nothing says Consul may have lost them: a catalog failure, a
+request that found Consul unreachable, and the periodic full resync (``resyncInterval``) all
+forget them, and the next cycle reads and decodes every service.
+
+A catalog failure publishes the last known targets, never as complete, and backs off (up to
+:data:`~.loops.ERROR_BACKOFF_CAP`, as in every mode); a failed service keeps its targets. The
+snapshot's ``duration`` is the cycle's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+from consul_sd.consul.client import ConsulClient
+from consul_sd.consul.errors import ConsulError
+from consul_sd.discovery.failures import error_backoff, fetch_all
+from consul_sd.discovery.gate import ChangeGate, changed_services, read_change_gate
+from consul_sd.discovery.memory import release_free_memory
+from consul_sd.discovery.query import DiscoveryQuery, fetch_target_group, list_matched_services
+from consul_sd.discovery.snapshots import (
+    Publish,
+    Snapshot,
+    connection_broke,
+    is_complete,
+    is_permanent,
+)
+from consul_sd.loops import pace
+from consul_sd.targets import TargetGroup
+
+_Fetched = tuple[TargetGroup | None, int]
+
+
+@dataclass(frozen=True)
+class _CleanCycle:
+    """The last cycle the gate may compare against: complete, with nothing to retry.
+
+    *Clean* means the cycle read a gate, was complete, and no service failed for a reason a
+    retry could change: its answers are what the gate's indexes describe. ``recheck`` are the
+    services whose answers carried an index past the gate: they saw a change made during the
+    cycle, which the next gate may not show (a check failing and recovering between two gates
+    leaves the unhealthy set as it was), so the next cycle asks them again.
+    """
+
+    gate: ChangeGate
+    names: list[str]
+    failed: dict[str, ConsulError]
+    recheck: frozenset[str]
+
+
+@dataclass
+class _Plan:
+    """One cycle's work: the services to fetch, and what the others carry over unchanged.
+
+    ``failed`` and ``groups`` start with what the services not fetched carry over (their last
+    targets, their permanent failures); :meth:`_Polling.record` adds the fetched ones' answers.
+    """
+
+    fetch: list[str]
+    failed: dict[str, ConsulError]
+    groups: dict[str, TargetGroup]
+
+
+class _Polling:
+    """What Polling carries from one cycle to the next."""
+
+    def __init__(self, *, seed: Mapping[str, TargetGroup] | None, now: float) -> None:
+        self.known: dict[str, TargetGroup] = dict(seed or {})
+        self.indexes: dict[str, int] = {}
+        self.clean: _CleanCycle | None = None
+        self.resynced = now
+        self.backoff = error_backoff()
+
+    def forget_indexes(self) -> None:
+        """Trust no index: the next cycle fetches and decodes every service, whatever the gate."""
+        self.clean = None
+        self.indexes.clear()
+
+    def resync_if_due(self, *, now: float, interval: float) -> None:
+        """Every ``interval``, read and decode every service again (see FULL_RESYNC_SECONDS)."""
+        if now - self.resynced >= interval:
+            self.forget_indexes()
+            self.resynced = now
+
+    async def plan(
+        self,
+        *,
+        names: list[str],
+        gate: ChangeGate | None,
+        query: DiscoveryQuery,
+        client: ConsulClient,
+    ) -> _Plan:
+        """Every service, or only those the gate says may have changed since the clean cycle."""
+        clean = self.clean
+        narrowed: set[str] | None = None
+        if gate is not None and clean is not None and names == clean.names:
+            narrowed = await changed_services(
+                before=clean.gate, now=gate, query=query, client=client
+            )
+        if narrowed is None or clean is None:
+            return _Plan(fetch=names, failed={}, groups={})
+        # Nothing to fetch (a quiet fleet) goes through here too: an empty fetch republishes
+        # what is known and, if clean, becomes the new gate baseline.
+        narrowed |= clean.recheck
+        return _Plan(
+            fetch=[name for name in names if name in narrowed],
+            failed={name: e for name, e in clean.failed.items() if name not in narrowed},
+            groups={name: self.known[name] for name in names if name in self.known},
+        )
+
+    def fetcher(
+        self, *, names: list[str], query: DiscoveryQuery, client: ConsulClient
+    ) -> Callable[[str], Awaitable[_Fetched]]:
+        """The fetch of one of ``names``, skipping the decode when its index has not moved."""
+        unchanged = {n: self.indexes[n] for n in names if n in self.indexes and n in self.known}
+
+        async def fetch(name: str) -> _Fetched:
+            return await fetch_target_group(
+                name=name, query=query, client=client, unchanged_index=unchanged.get(name)
+            )
+
+        return fetch
+
+    def record(self, *, plan: _Plan, results: Mapping[str, _Fetched | ConsulError]) -> None:
+        """Take a cycle's answers: a failed service keeps its targets, a gone one loses them."""
+        for name in plan.fetch:
+            result = results[name]
+            if isinstance(result, ConsulError):
+                plan.failed[name] = result
+                if name in self.known:
+                    plan.groups[name] = self.known[name]
+                continue
+            group, self.indexes[name] = result
+            plan.groups[name] = self.known[name] if group is None else group
+        for name in set(self.indexes) - set(plan.groups):
+            del self.indexes[name]
+        self.known = plan.groups
+
+    def remember_if_clean(
+        self, *, gate: ChangeGate | None, names: list[str], plan: _Plan, complete: bool
+    ) -> None:
+        """Remember this cycle as the gate's baseline if it was clean, else forget the last one."""
+        retry = any(not is_permanent(error) for error in plan.failed.values())
+        self.clean = None
+        if gate is not None and complete and not retry:
+            horizon = max(gate.services, gate.checks, gate.nodes)
+            recheck = frozenset(name for name in plan.fetch if self.indexes.get(name, 0) > horizon)
+            self.clean = _CleanCycle(gate=gate, names=names, failed=plan.failed, recheck=recheck)
+
+
+async def poll_services(
+    *,
+    query: DiscoveryQuery,
+    client: ConsulClient,
+    publish: Publish,
+    seed: Mapping[str, TargetGroup] | None = None,
+) -> None:
+    """Polling: list, fetch every service with bounded concurrency, publish, sleep; forever.
+
+    After a clean cycle, only the services :func:`~.gate.changed_services` names are fetched
+    (none on a quiet fleet); any doubt fetches them all.
+    """
+    loop = asyncio.get_running_loop()
+    state = _Polling(seed=seed, now=loop.time())
+    while True:
+        started = loop.time()
+        state.resync_if_due(now=started, interval=query.resync_interval)
+        try:
+            names, services_index = await list_matched_services(query=query, client=client)
+        except ConsulError as error:
+            state.forget_indexes()
+            # The current catalog is unknown: the last known set is shown for status, but never
+            # offered as complete (a sink keeps what it wrote).
+            known = state.known
+            await publish(
+                _polled(
+                    client=client, started=started, groups=known, matched=len(known), error=error
+                )
+            )
+            await state.backoff.wait()
+            continue
+        state.backoff.reset()
+        gate = await read_change_gate(query=query, client=client, services_index=services_index)
+        plan = await state.plan(names=names, gate=gate, query=query, client=client)
+        results = await fetch_all(
+            names=plan.fetch,
+            fetch=state.fetcher(names=plan.fetch, query=query, client=client),
+            max_concurrent=query.max_concurrent,
+        )
+        state.record(plan=plan, results=results)
+        complete = is_complete(names=names, groups=state.known, failed=plan.failed)
+        state.remember_if_clean(gate=gate, names=names, plan=plan, complete=complete)
+        snapshot = _polled(
+            client=client,
+            started=started,
+            groups=state.known,
+            complete=complete,
+            matched=len(names),
+            failed=plan.failed,
+        )
+        if connection_broke(snapshot.requests):
+            state.forget_indexes()  # Consul may have restarted: its indexes prove nothing
+        await publish(snapshot)
+        del results, snapshot  # before giving memory back: a cycle's answers are its bulk
+        if plan.fetch:
+            release_free_memory()
+        await pace(started=started, interval=query.refresh_interval)
+
+
+def _polled(
+    *,
+    client: ConsulClient,
+    started: float,
+    groups: Mapping[str, TargetGroup],
+    matched: int,
+    complete: bool = False,
+    failed: Mapping[str, ConsulError] | None = None,
+    error: ConsulError | None = None,
+) -> Snapshot:
+    """A polling cycle's snapshot: the requests since the last one and the time it took."""
+    return Snapshot(
+        groups=dict(groups),
+        mode="Polling",
+        complete=complete,
+        matched=matched,
+        failed=dict(failed or {}),
+        error=error,
+        duration=asyncio.get_running_loop().time() - started,
+        requests=client.stats.take(),
+    )
