@@ -36,6 +36,8 @@ class Faults:
     """Services whose health/catalog-service endpoints answer ``error_status``."""
     malformed_services: set[str] = field(default_factory=set)
     """Services whose health/catalog-service endpoints answer 200 with a truncated JSON body."""
+    reset_services: set[str] = field(default_factory=set)
+    """Services whose health/catalog-service requests have their connection aborted (RST)."""
     no_leader: bool = False
     """Non-stale reads and writes answer 500 "No cluster leader"; ``?stale`` reads still work."""
 
@@ -61,7 +63,7 @@ class Faults:
 
 
 def _coerce_fault(name: str, value: Any) -> Any:
-    if name in ("fail_services", "malformed_services"):
+    if name in ("fail_services", "malformed_services", "reset_services"):
         if not isinstance(value, list | set | tuple) or not all(isinstance(v, str) for v in value):
             raise ValueError(f"{name} must be a list of service names")
         return set(value)

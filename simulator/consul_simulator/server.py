@@ -443,6 +443,8 @@ class ConsulSimulator:
             await asyncio.sleep(faults.latency)
         if faults.reset_rate > 0 and self._rng.random() < faults.reset_rate:
             return self._reset(request)
+        if kind in ("health_service", "catalog_service") and arg in faults.reset_services:
+            return self._reset(request)
         if faults.error_rate > 0 and self._rng.random() < faults.error_rate:
             return self._text(faults.error_status, "simulated error")
         try:

@@ -35,6 +35,18 @@ NON_DEFAULT_VALUES: dict[str, dict[str, Any]] = {
     "namespaced": {"watchNamespaces": ["team-a", "team-b"]},
     "service-monitor": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
     "no-crds": {"crds": {"install": False}},
+    "network-policy": {
+        "networkPolicy": {
+            "enabled": True,
+            "allowedClients": [
+                {
+                    "namespaceLabels": {"kubernetes.io/metadata.name": "monitoring"},
+                    "podLabels": {"app.kubernetes.io/name": "prometheus"},
+                },
+                {"podLabels": {"app": "vmagent"}},
+            ],
+        }
+    },
     "custom": {
         "image": {
             "repository": "registry.example/consul-sd",
@@ -148,6 +160,7 @@ def test_the_deployment_runs_one_standalone_replica_recreated_not_rolled() -> No
         "--bind-address=0.0.0.0",
         "--liveness-port=8080",
         "--metrics-port=9090",
+        "--http-sd-url=http://consul-sd-operator-metrics.consul-sd.svc:9090",
     ]
     assert main["image"] == "consul-sd-operator:0.1.0"
     assert main["imagePullPolicy"] == "IfNotPresent"
@@ -279,9 +292,11 @@ def test_custom_values_reach_the_deployment() -> None:
     assert main["imagePullPolicy"] == "Always"
     assert main["resources"] == NON_DEFAULT_VALUES["custom"]["resources"]
     assert main["args"][0] == "--log-level=debug"
-    assert main["args"][-3:] == [
+    assert main["args"][-4:] == [
         "--liveness-port=18080",
         "--metrics-port=19090",
+        # Prometheus reaches the operator through the Service, on the Service's port.
+        "--http-sd-url=http://csd-metrics.consul-sd.svc:9090",
         "--peering-name=unused",
     ]
     assert {p["containerPort"] for p in main["ports"]} == {18080, 19090}
@@ -298,6 +313,44 @@ def test_custom_values_reach_the_deployment() -> None:
     }
     assert one(objects, "ClusterRole")["rules"] == EXPECTED_RULES
     assert one(objects, "ClusterRoleBinding")["subjects"][0]["name"] == "custom-sa"
+
+
+def test_an_http_sd_url_value_replaces_the_services_name_without_a_trailing_slash() -> None:
+    main = container(manifests({"httpSD": {"url": "https://sd.example.com/consul-sd/"}}))
+    assert "--http-sd-url=https://sd.example.com/consul-sd" in main["args"]
+
+
+def test_no_network_policy_by_default_and_notes_say_the_targets_are_exposed() -> None:
+    assert of_kind(manifests(), "NetworkPolicy") == []
+    notes = render()["consul-sd-operator/templates/NOTES.txt"]
+    assert "http://consul-sd-operator-metrics.consul-sd.svc:9090/targets/<namespace>/<name>" in (
+        notes
+    )
+    assert "spec.output.httpSD.authorization" in notes
+    assert "networkPolicy.enabled" in notes
+
+
+def test_the_network_policy_admits_only_the_listed_clients_to_the_targets_port() -> None:
+    objects = manifests(NON_DEFAULT_VALUES["network-policy"])
+    policy = one(objects, "NetworkPolicy")
+    labels = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    liveness, targets = policy["spec"]["ingress"]
+    assert liveness == {"ports": [{"port": 8080, "protocol": "TCP"}]}  # the kubelet's probes
+    assert targets["ports"] == [{"port": 9090, "protocol": "TCP"}]
+    assert targets["from"] == [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+        },
+        {"podSelector": {"matchLabels": {"app": "vmagent"}}},  # the release's namespace
+    ]
+
+
+def test_a_network_policy_without_clients_closes_the_targets_port() -> None:
+    policy = one(manifests({"networkPolicy": {"enabled": True}}), "NetworkPolicy")
+    assert policy["spec"]["ingress"] == [{"ports": [{"port": 8080, "protocol": "TCP"}]}]
 
 
 def test_an_existing_service_account_must_be_named() -> None:
@@ -325,6 +378,9 @@ def test_an_existing_service_account_must_be_named() -> None:
         ({"resources": {"limits": {"memory": "lots"}}}, "/resources/limits/memory"),
         ({"serviceMonitor": {"interval": "often"}}, "/serviceMonitor/interval"),
         ({"crds": {"install": "yes"}}, "/crds/install"),
+        ({"httpSD": {"url": "op.monitoring.svc:9090"}}, "/httpSD/url"),
+        ({"networkPolicy": {"allowedClients": [{"pods": {}}]}}, "additional properties 'pods'"),
+        ({"networkPolicy": {"allowedClients": [{"podLabels": {"a": 1}}]}}, "/podLabels/a"),
     ],
 )
 def test_the_values_schema_rejects_a_bad_value_naming_it(

@@ -6,7 +6,8 @@ session kube-apiserver with the ConsulDiscovery CRD and prometheus-operator's CR
 so the structural schemas, the StatefulSet validation and the Prometheus CR schema all judge
 them.
 The file_sd example's prometheus.yml then runs in a real Prometheus v3, reading shard files
-named and filled exactly as the operator fills its ConfigMaps.
+named and filled exactly as the operator fills its ConfigMaps; the HTTP SD example's runs
+against a stand-in endpoint that answers its path and token with the operator's rendering.
 
 Limits: dry run stores nothing, so no controller acts on the objects; the Prometheus test
 rewrites only the mount path of the file_sd glob (to a temporary directory).
@@ -14,6 +15,9 @@ rewrites only the mount path of the file_sd glob (to a temporary directory).
 
 from __future__ import annotations
 
+import http.server
+import threading
+import urllib.parse
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +27,7 @@ import pytest
 import yaml
 
 from consul_sd.api.spec import parse_spec
+from consul_sd.outputs.render import render_file_sd
 from consul_sd.outputs.shards import config_map_shards
 from consul_sd.targets import Target
 from tests.e2e.operator_harness import CRD_FILE, eventually
@@ -116,4 +121,75 @@ def test_the_example_prometheus_config_scrapes_what_the_operator_writes(
 
     targets = eventually(discovered, timeout=60, what="the example job's targets")
     assert {t["labels"]["service"] for t in targets} == {f"svc-{i}" for i in range(5)}
+    assert {t["labels"]["node"] for t in targets} == {"node-1"}
+
+
+class _HTTPSDServer:
+    """A stand-in for the operator's endpoint: one path, one token, a fixed http_sd body."""
+
+    def __init__(self, *, path: str, token: str, body: bytes) -> None:
+        expected = (path, f"Bearer {token}")
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                ok = (self.path, self.headers.get("Authorization")) == expected
+                self.send_response(200 if ok else 403)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(body if ok else b"")
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_the_example_http_sd_config_fetches_the_served_targets_with_its_token(
+    prometheus_factory: Callable[..., Prometheus], tmp_path: Path
+) -> None:
+    documents = example_documents()
+    config_map = next(
+        d
+        for d in documents
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "prometheus-http-sd-config"
+    )
+    config = yaml.safe_load(config_map["data"]["prometheus.yml"])
+    job = config["scrape_configs"][0]
+    (http_sd,) = job["http_sd_configs"]
+    path = urllib.parse.urlsplit(http_sd["url"]).path
+    token_file = tmp_path / "token"
+    token_file.write_text("example-token\n")
+    groups = {
+        f"svc-{i}": (
+            Target.of(
+                f"127.0.0.1:{1 + i}",
+                {"__meta_consul_node": "node-1", "__meta_consul_service": f"svc-{i}"},
+            ),
+        )
+        for i in range(4)
+    }
+    server = _HTTPSDServer(path=path, token="example-token", body=render_file_sd(groups))
+    try:
+        # Only where the endpoint is and where the Secret is mounted change.
+        http_sd["url"] = f"http://127.0.0.1:{server.port}{path}"
+        http_sd["authorization"]["credentials_file"] = str(token_file)
+        http_sd["refresh_interval"] = "1s"
+        prometheus = prometheus_factory(config)
+
+        def discovered() -> list[dict[str, Any]]:
+            targets = [t for t in prometheus.targets() if t["scrapePool"] == job["job_name"]]
+            assert len(targets) == 4, targets
+            return targets
+
+        targets = eventually(discovered, timeout=60, what="the example job's targets")
+    finally:
+        server.close()
+    assert {t["labels"]["job"] for t in targets} == {f"svc-{i}" for i in range(4)}
     assert {t["labels"]["node"] for t in targets} == {"node-1"}

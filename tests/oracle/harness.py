@@ -1,10 +1,11 @@
 """What the oracle tests share: Prometheus jobs on both sides, our processes, label comparison.
 
 The oracle is Prometheus itself: one job uses its own ``consul_sd_configs`` (the reference), the
-others use ``file_sd_configs`` on files written by ``consul-sd discover`` (ours). Targets are
-compared by their ``discoveredLabels`` from /api/v1/targets, keyed by (node, service ID,
-address), after dropping what is job-specific (``job``, ``__meta_filepath``, the ``__scheme__``
-style settings) and empty values (Prometheus treats an empty label as an absent one).
+others use ``file_sd_configs`` on files written by ``consul-sd discover`` (ours), or
+``http_sd_configs`` on what ``consul-sd discover --listen`` serves. Targets are compared by their
+``discoveredLabels`` from /api/v1/targets, keyed by (node, service ID, address), after dropping
+what is job-specific (``job``, ``__meta_filepath``, ``__meta_url``, the ``__scheme__`` style
+settings) and empty values (Prometheus treats an empty label as an absent one).
 
 Every job relabels ``__address__`` to a closed loopback port and copies the node and service ID
 into target labels. The first keeps any scrape (1h interval) on 127.0.0.1 whatever address Consul
@@ -90,7 +91,7 @@ def normalize(labels: Mapping[str, str]) -> Labels:
     """The labels discovery produced, without job settings and without empty values."""
     kept: Labels = {}
     for name, value in labels.items():
-        if value == "" or name in ("job", "__meta_filepath"):
+        if value == "" or name in ("job", "__meta_filepath", "__meta_url"):
             continue
         is_setting = name.startswith("__") and name.endswith("__")
         if is_setting and name != "__address__" and not name.startswith("__meta_"):
@@ -245,6 +246,15 @@ def file_job(name: str, files: Sequence[Path | str]) -> dict[str, Any]:
     return {
         "job_name": name,
         "file_sd_configs": [{"files": [str(f) for f in files], "refresh_interval": "1s"}],
+        "relabel_configs": _relabel(),
+    }
+
+
+def http_job(name: str, url: str) -> dict[str, Any]:
+    """A job fetching HTTP SD from ``url`` (``consul-sd discover --listen``) every second."""
+    return {
+        "job_name": name,
+        "http_sd_configs": [{"url": url, "refresh_interval": "1s"}],
         "relabel_configs": _relabel(),
     }
 

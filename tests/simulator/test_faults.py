@@ -109,6 +109,19 @@ async def test_fail_services_breaks_only_the_named_services_endpoints(
     assert (await client.get("/v1/catalog/services")).json() == {"db": [], "web": []}
 
 
+async def test_reset_services_abort_only_the_named_services_connections(
+    sim: ConsulSimulator, client: Client
+) -> None:
+    sim.register(instance_body("web"))
+    sim.register(instance_body("db", service_id="db-1"))
+    sim.faults.reset_services = {"web"}
+    for path in ("/v1/health/service/web", "/v1/catalog/service/web"):
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await client.get(path)
+    assert (await client.get("/v1/health/service/db")).status == 200
+    assert (await client.get("/v1/catalog/services")).status == 200
+
+
 async def test_malformed_services_answer_200_with_invalid_json(
     sim: ConsulSimulator, client: Client
 ) -> None:

@@ -37,7 +37,10 @@ class FakeKube:
         self.secrets = dict(secrets or {})
         self.calls: list[tuple[str, str, str]] = []
         self.held_after_each_write: list[set[str]] = []
+        # The output objects that exist after every mutating call, as (kind, name).
+        self.objects_after_each_write: list[set[tuple[str, str]]] = []
         self.statuses: list[Mapping[str, Any]] = []
+        self.status: dict[str, Any] = {}
         self.events: list[tuple[str, str]] = []
         self.secret_reads: list[tuple[str, str, str]] = []
         # len(secret_reads) when each status was patched: which reads came before which status.
@@ -95,6 +98,7 @@ class FakeKube:
     def _written(self, key: tuple[str, str]) -> None:
         self._lines.pop(key, None)
         self.held_after_each_write.append(self.held())
+        self.objects_after_each_write.append(set(self.objects))
 
     async def list_outputs(
         self, *, namespace: str, kind: OutputKind, discovery: str
@@ -179,6 +183,12 @@ class FakeKube:
 
     async def patch_status(self, *, ref: DiscoveryRef, status: Mapping[str, Any]) -> None:
         self.statuses.append(status)
+        # A merge patch, as the apiserver applies it: null removes a field.
+        for key, value in status.items():
+            if value is None:
+                self.status.pop(key, None)
+            else:
+                self.status[key] = value
         self.secret_reads_at_each_status.append(len(self.secret_reads))
 
     async def post_event(self, *, ref: DiscoveryRef, kind: str, reason: str, message: str) -> None:

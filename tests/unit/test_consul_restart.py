@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -43,11 +44,16 @@ def client_for(sim: ConsulSimulator) -> ConsulClient:
     )
 
 
-def restart_with_other_content(sim: ConsulSimulator) -> None:
-    """The same number of writes from an empty store: same indexes, other ports and tags."""
+def restart_with_other_content(sim: ConsulSimulator, *later: dict[str, Any]) -> None:
+    """The same number of writes from an empty store: same indexes, other ports and tags.
+
+    ``later``: registrations made after the fleet, replayed in the same order.
+    """
     before = dict(sim.catalog.table_index)
     sim.catalog = Catalog(datacenter=sim.datacenter, on_change=sim._watchers.notify)
     sim.generate(**FLEET, seed=2)
+    for registration in later:
+        sim.register(registration)
     assert sim.catalog.table_index == before
 
 
@@ -137,3 +143,58 @@ async def test_a_restart_that_broke_a_request_is_read_again_at_once(
         max_concurrent=MAX_CONCURRENT,
     )
     await discover_until(sim, query=query, expected=expected, after=60, refused_for=10)
+
+
+async def test_a_polling_fetch_that_broke_while_the_catalog_answered_forgets_every_index(
+    sim: ConsulSimulator,
+) -> None:
+    """One service's request reset, the catalog fine: Consul may still have restarted.
+
+    The restart lands right after that cycle, replaying the same indexes with other content; the
+    next cycle must decode every service rather than trust the indexes it held.
+    """
+    extra: dict[str, Any] = {"Node": "node-extra", "Address": "10.9.9.9"}
+    extra["Service"] = {"ID": "late-1", "Service": "late", "Port": 9}
+    original = sim.catalog
+    sim.catalog = Catalog(datacenter=sim.datacenter, on_change=sim._watchers.notify)
+    sim.generate(**FLEET, seed=2)
+    sim.register(extra)
+    expected = await truth(sim)
+    sim.catalog = original
+    query = DiscoveryQuery(
+        mode="Polling",
+        datacenter="dc1",
+        refresh_interval=5,
+        resync_interval=1e9,
+        max_concurrent=MAX_CONCURRENT,
+    )
+    latest: list[Snapshot] = []
+    published = asyncio.Event()
+
+    async def publish(snapshot: Snapshot) -> None:
+        latest[:] = [snapshot]
+        published.set()
+
+    async with client_for(sim) as client:
+        task = asyncio.create_task(run_discovery(query=query, client=client, publish=publish))
+        try:
+            async with asyncio.timeout(60):
+                while not (latest and latest[0].complete):
+                    published.clear()
+                    await published.wait()
+                # The registration moves the services table: the next cycle fetches everything.
+                sim.register(extra)
+                sim.faults.reset_services = {"svc-00003"}
+                while "late" not in latest[0].groups:
+                    published.clear()
+                    await published.wait()
+            sim.faults.reset_services = set()
+            assert "svc-00003" in latest[0].failed
+            restart_with_other_content(sim, extra)
+            async with asyncio.timeout(30):
+                while addresses(latest[0]) != expected:
+                    published.clear()
+                    await published.wait()
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)

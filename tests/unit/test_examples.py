@@ -19,7 +19,12 @@ import yaml
 from consul_sd.api.spec import ConsulDiscoverySpec, parse_spec
 from consul_sd.cli import build_parser
 from consul_sd.cli.discover import load_spec
-from consul_sd.outputs.shards import config_map_shards
+from consul_sd.outputs.shards import (
+    config_map_shards,
+    http_sd_scrape_config_spec,
+    http_sd_url,
+    scrape_settings,
+)
 from consul_sd.targets import Target
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -124,7 +129,40 @@ def test_the_prometheus_cr_selects_the_example_scrape_configs_in_its_own_namespa
         and spec.output.scrape_config is not None
         and wanted.items() <= spec.output.scrape_config.labels.items()
     ]
-    assert sorted(selected) == ["edge", "platform"]
+    assert sorted(selected) == ["edge", "fleet", "platform"]
+
+
+def test_the_http_sd_example_is_one_scrape_config_served_with_a_token() -> None:
+    _, spec = discoveries()["fleet"]
+    assert spec.output is not None
+    assert spec.output.scrape_config is not None
+    assert spec.output.scrape_config.targets_from == "HTTPSD"
+    assert spec.output.http_sd_settings.authorization is not None
+
+
+def test_the_http_sd_prometheus_config_fetches_the_example_cr_with_its_token_secret() -> None:
+    _, spec = discoveries()["fleet"]
+    assert spec.output is not None
+    authorization = spec.output.http_sd_settings.authorization
+    assert authorization is not None
+    scrape = spec.output.scrape_config
+    assert scrape is not None
+    config = yaml.safe_load(
+        find("ConfigMap", "prometheus-http-sd-config")["data"]["prometheus.yml"]
+    )
+    (job,) = config["scrape_configs"]
+    (http_sd,) = job["http_sd_configs"]
+    assert http_sd["url"].endswith("/targets/monitoring/fleet")
+    assert http_sd["refresh_interval"] == spec.output.http_sd_settings.refresh_interval
+    secret = authorization.secret_ref
+    assert http_sd["authorization"] == {
+        "type": "Bearer",
+        "credentials_file": f"/etc/prometheus/secrets/{secret.name}/{secret.key}",
+    }
+    # The same relabeling as the ScrapeConfig the operator writes for prometheus-operator.
+    assert [(r["source_labels"], r["target_label"]) for r in job["relabel_configs"]] == [
+        (r.source_labels, r.target_label) for r in scrape.relabelings
+    ]
 
 
 def test_no_example_carries_a_secret_the_user_creates() -> None:
@@ -150,3 +188,35 @@ def test_every_consul_discovery_example_is_a_valid_discover_spec_file() -> None:
         (expected,) = [d for d in documents(path) if d["kind"] == "ConsulDiscovery"]
         assert spec.consul.server == expected["spec"]["consul"]["server"]
         assert spec.mode == expected["spec"]["mode"]
+
+
+def readme_yaml(section: str) -> list[Any]:
+    """The YAML blocks of one README section, parsed."""
+    text = (EXAMPLES.parent / "README.md").read_text()
+    body = text.split(f"\n### {section}\n", 1)[1].split("\n#", 1)[0]
+    return [yaml.safe_load(block.split("\n```", 1)[0]) for block in body.split("```yaml\n")[1:]]
+
+
+def test_the_readmes_http_sd_scrape_config_is_what_the_operator_writes_for_its_spec() -> None:
+    given, written = readme_yaml("Prometheus Operator at scale")
+    spec = parse_spec({"consul": {"server": "c:8500"}, **given["spec"]}, require_output=True)
+    assert spec.output is not None
+    assert spec.output.scrape_config is not None
+    url = http_sd_url(
+        "http://consul-sd-operator-metrics.consul-sd.svc:9090",
+        namespace="<namespace>",
+        name="fleet",
+    )
+    settings = scrape_settings(spec.output.scrape_config)
+    assert written["spec"] == http_sd_scrape_config_spec(
+        settings, url=url, http_sd=spec.output.http_sd_settings
+    )
+
+
+def test_the_readmes_several_servers_job_is_the_examples() -> None:
+    (readme,) = readme_yaml("One discovery for several Prometheus servers")
+    config = yaml.safe_load(
+        find("ConfigMap", "prometheus-http-sd-config")["data"]["prometheus.yml"]
+    )
+    (job,) = config["scrape_configs"]
+    assert readme["scrape_configs"][0]["http_sd_configs"] == job["http_sd_configs"]

@@ -20,6 +20,7 @@ from prometheus_client import REGISTRY
 from consul_sd import metrics
 from consul_sd.controller import handlers
 from consul_sd.controller.progress import Progress
+from consul_sd.controller.runner import HTTPSDServing
 from consul_sd.kube import DiscoveryRef
 
 pytestmark = pytest.mark.looptime
@@ -27,10 +28,11 @@ NAMESPACE, NAME = "monitoring", "fleet"
 
 
 class Stopped:
-    """kopf's DaemonStopped as the daemon uses it: a truth value and ``wait(timeout)``."""
+    """kopf's DaemonStopped as the daemon uses it: a truth value, ``wait(timeout)``, ``reason``."""
 
     def __init__(self) -> None:
         self._event = asyncio.Event()
+        self.reason: kopf.DaemonStoppingReason | None = None
 
     def __bool__(self) -> bool:
         return self._event.is_set()
@@ -58,6 +60,7 @@ class Runners:
         self.events: list[tuple[str, int, float]] = []
         self.specs: list[dict[str, Any]] = []
         self.ready_before: list[bool] = []
+        self.serving: list[HTTPSDServing | None] = []
         self._crashes = crashes
 
     async def __call__(
@@ -68,9 +71,11 @@ class Runners:
         generation: int,
         spec_data: dict[str, Any],
         ready_before: bool,
+        serving: HTTPSDServing | None,
     ) -> None:
         assert isinstance(kube, NoKube)
         self.ready_before.append(ready_before)
+        self.serving.append(serving)
         assert ref == DiscoveryRef(namespace=NAMESPACE, name=NAME, uid="uid-1")
         now = asyncio.get_running_loop().time
         self.events.append(("started", generation, now()))
@@ -91,7 +96,13 @@ class Runners:
 class Daemon:
     """One ``run_consul_discovery`` task with the kwargs kopf gives it."""
 
-    def __init__(self, runners: Runners, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(
+        self,
+        runners: Runners,
+        monkeypatch: pytest.MonkeyPatch,
+        *,
+        serving: HTTPSDServing | None = None,
+    ) -> None:
         monkeypatch.setattr(handlers, "run_generation", runners)
         self.meta: dict[str, Any] = {"generation": 1}
         self.spec: dict[str, Any] = {"mode": "Polling"}
@@ -106,17 +117,18 @@ class Daemon:
             "status": self.status,
             "stopped": self.stopped,
             "logger": logging.getLogger("kopf.objects"),
-            "memo": kopf.Memo(kube=NoKube()),
+            "memo": kopf.Memo(kube=NoKube(), serving=serving),
             "retry": 0,  # kopf passes more kwargs than the daemon reads
         }
         # kopf's decorator is untyped: the daemon as kopf calls it.
         daemon = cast(Callable[..., Coroutine[Any, Any, None]], handlers.run_consul_discovery)
         self.task = asyncio.create_task(daemon(**kwargs))
 
-    async def stop(self) -> float:
+    async def stop(self, reason: kopf.DaemonStoppingReason | None = None) -> float:
         """Stop as kopf does (set the flag); how long the daemon took to return."""
         loop = asyncio.get_running_loop()
         started = loop.time()
+        self.stopped.reason = reason
         self.stopped.set()
         async with asyncio.timeout(60):
             await self.task
@@ -167,7 +179,7 @@ async def test_a_crashed_runner_is_restarted_after_a_pause_and_the_cr_is_named(
     crashed_at = runners.events[1][2]
     restarted_at = runners.events[2][2]
     # Not a hot loop against whatever makes it crash.
-    assert restarted_at - crashed_at >= handlers.RESTART_PAUSE_SECONDS
+    assert restarted_at - crashed_at >= 5
     (error,) = [record for record in caplog.records if record.levelno >= logging.ERROR]
     assert f"{NAMESPACE}/{NAME}" in error.getMessage()
     assert "RuntimeError" in error.getMessage()
@@ -208,3 +220,43 @@ def test_a_runner_starts_ready_only_when_status_says_this_generation_was_ready(
     status: dict[str, Any], ready_before: bool
 ) -> None:
     assert handlers.was_ready(status, generation=1) is ready_before
+
+
+class Store:
+    """The target store as the daemon uses it: only ``forget`` is expected."""
+
+    def __init__(self) -> None:
+        self.forgotten: list[tuple[str, str]] = []
+
+    def expect(self, key: tuple[str, str], *, token: str | None) -> None:
+        raise AssertionError("the daemon never registers a CR; its runner does")
+
+    def serve(self, key: tuple[str, str], groups: Any, *, token: str | None) -> None:
+        raise AssertionError("the daemon never serves; its runner does")
+
+    def forget(self, key: tuple[str, str]) -> None:
+        self.forgotten.append(key)
+
+
+async def test_a_deleted_cr_is_forgotten_by_the_target_store_and_runners_get_the_store(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store = Store()
+    serving = HTTPSDServing(store=store, base_url="http://op:9090")
+    runners = Runners()
+    daemon = Daemon(runners, monkeypatch, serving=serving)
+    await asyncio.sleep(3)
+    assert store.forgotten == []
+    await daemon.stop(kopf.DaemonStoppingReason.RESOURCE_DELETED)
+    assert runners.serving == [serving]
+    assert store.forgotten == [(NAMESPACE, NAME)]
+
+
+async def test_an_exiting_operator_keeps_serving_what_it_has_until_it_stops(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store = Store()
+    daemon = Daemon(Runners(), monkeypatch, serving=HTTPSDServing(store=store))
+    await asyncio.sleep(3)
+    await daemon.stop(kopf.DaemonStoppingReason.OPERATOR_EXITING)
+    assert store.forgotten == []

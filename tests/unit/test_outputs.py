@@ -4,11 +4,19 @@ import json
 
 import pytest
 
-from consul_sd.api.spec import ConfigMapOutput, ScrapeConfigOutput
+from consul_sd.api.spec import (
+    ConfigMapOutput,
+    HTTPSDAuthorization,
+    HTTPSDOutput,
+    ScrapeConfigOutput,
+    SecretKeyRef,
+)
 from consul_sd.consul.records import Instance
 from consul_sd.outputs.shards import (
     OutputTooLarge,
     config_map_shards,
+    http_sd_scrape_config_spec,
+    http_sd_url,
     scrape_config_shards,
     scrape_config_spec,
     scrape_settings,
@@ -107,3 +115,36 @@ def test_scrape_configs_carry_static_targets_and_only_the_settings_given() -> No
             assert all(key.startswith("__meta_consul_") for key in static["labels"])
         total += len(spec["staticConfigs"])
     assert total == 600
+
+
+def test_the_http_sd_form_points_at_the_operator_with_the_token_secret_and_settings() -> None:
+    output = ScrapeConfigOutput(name="s", targets_from="HTTPSD", scrape_interval="15s")
+    http_sd = HTTPSDOutput(
+        refresh_interval="1m",
+        authorization=HTTPSDAuthorization(secret_ref=SecretKeyRef(name="sd", key="token")),
+    )
+    url = http_sd_url("http://op.monitoring.svc:9090/", namespace="ns", name="fleet")
+    spec = http_sd_scrape_config_spec(scrape_settings(output), url=url, http_sd=http_sd)
+    assert spec == {
+        "scrapeInterval": "15s",
+        "httpSDConfigs": [
+            {
+                "url": "http://op.monitoring.svc:9090/targets/ns/fleet",
+                "refreshInterval": "1m",
+                "authorization": {
+                    "type": "Bearer",
+                    "credentials": {"name": "sd", "key": "token"},
+                },
+            }
+        ],
+    }
+
+
+def test_the_http_sd_form_without_a_token_sends_no_authorization() -> None:
+    output = ScrapeConfigOutput(name="s", targets_from="HTTPSD")
+    spec = http_sd_scrape_config_spec(
+        scrape_settings(output), url="http://op:9090/targets/ns/s", http_sd=HTTPSDOutput()
+    )
+    assert spec == {
+        "httpSDConfigs": [{"url": "http://op:9090/targets/ns/s", "refreshInterval": "30s"}]
+    }

@@ -33,16 +33,26 @@ def config_map_output(*, shard_bytes: int = 512 * 1024, **extra: Any) -> Output:
     return spec.output
 
 
-def scrape_config_output() -> Output:
+def scrape_config_output(**extra: Any) -> Output:
     spec = parse_spec(
         {
             "consul": {"server": "c:8500"},
-            "output": {"scrapeConfig": {"name": "sc", "maxTargetsPerObject": 100}},
+            "output": {"scrapeConfig": {"name": "sc", "maxTargetsPerObject": 100}, **extra},
         },
         require_output=True,
     )
     assert spec.output is not None
     return spec.output
+
+
+def http_sd_output(**http_sd: Any) -> Output:
+    output = scrape_config_output(httpSD=http_sd)
+    assert output.scrape_config is not None
+    scrape = output.scrape_config.model_copy(update={"targets_from": "HTTPSD"})
+    return output.model_copy(update={"scrape_config": scrape})
+
+
+BASE_URL = "http://consul-sd-operator-metrics.monitoring.svc:9090"
 
 
 async def started(kube: FakeKube, output: Output) -> OutputPublisher:
@@ -316,3 +326,52 @@ async def test_an_owned_output_deleted_out_of_band_is_created_again_when_targets
     del kube.objects[("ConfigMap", "cr-0")]
     assert await publisher.write(fleet(4)) is None
     assert kube.held() == lines_of(fleet(4))
+
+
+# ------------------------------------------------------------------------------ HTTP SD form
+
+
+async def test_the_http_sd_form_is_one_object_whatever_the_fleet_size() -> None:
+    kube = FakeKube()
+    publisher = OutputPublisher(kube=kube, ref=REF, output=http_sd_output(), http_sd_base=BASE_URL)
+    await publisher.resume()
+    assert await publisher.write(fleet(10)) is None
+    assert await publisher.write(fleet(2000)) is None
+    assert set(kube.objects) == {("ScrapeConfig", "sc")}
+    (config,) = kube.objects[("ScrapeConfig", "sc")]["spec"]["httpSDConfigs"]
+    assert config["url"] == f"{BASE_URL}/targets/ns/cr"
+    assert [(o.name, o.targets) for o in publisher.outputs] == [("sc", 6000)]
+
+
+async def test_switching_from_static_to_http_sd_writes_it_before_deleting_the_static_shards() -> (
+    None
+):
+    kube = FakeKube()
+    static = await started(kube, scrape_config_output())
+    targets = fleet(200)
+    assert await static.write(targets) is None
+    static_names = {key for key in kube.objects}
+    assert len(static_names) > 1
+    kube.objects_after_each_write.clear()
+    kube.held_after_each_write.clear()
+    switched = OutputPublisher(kube=kube, ref=REF, output=http_sd_output(), http_sd_base=BASE_URL)
+    await switched.resume()
+    assert await switched.write(targets) is None
+    for objects, held in zip(
+        kube.objects_after_each_write, kube.held_after_each_write, strict=True
+    ):
+        # Every state: the HTTP SD object exists, or the static shards still hold everything.
+        assert ("ScrapeConfig", "sc") in objects or held >= lines_of(targets)
+    assert set(kube.objects) == {("ScrapeConfig", "sc")}
+
+
+async def test_an_http_sd_object_name_another_discovery_owns_is_a_conflict_left_untouched() -> None:
+    kube = FakeKube()
+    kube.add_object("ScrapeConfig", "sc", owner_uid="uid-team-a", payload={"staticConfigs": []})
+    before = json.dumps(kube.objects[("ScrapeConfig", "sc")], sort_keys=True)
+    publisher = OutputPublisher(kube=kube, ref=REF, output=http_sd_output(), http_sd_base=BASE_URL)
+    await publisher.resume()
+    problem = await publisher.write(fleet(5))
+    assert problem is not None
+    assert problem.reason == "OutputConflict"
+    assert json.dumps(kube.objects[("ScrapeConfig", "sc")], sort_keys=True) == before

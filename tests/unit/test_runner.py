@@ -242,12 +242,15 @@ async def test_auto_before_it_chose_a_mode_shows_no_mode() -> None:
     await sink.resume()
     cycles = {"namespace": "ns", "name": "cr", "mode": "Auto"}
     before = REGISTRY.get_sample_value("consul_sd_publications_total", cycles) or 0
+    await sink.publish(snapshot(3, mode="Polling"))
+    assert kube.status["mode"] == "Polling"  # what an earlier worker reported
     unreachable = ConsulUnreachable("/v1/catalog/services: connection refused")
     await sink.publish(snapshot(0, mode=None, complete=False, matched=0, error=unreachable))
-    status = kube.statuses[-1]
+    status = kube.status
     assert "mode" not in status
     assert condition(status, "Degraded")["reason"] == "ConsulUnreachable"
     assert REGISTRY.get_sample_value("consul_sd_publications_total", cycles) == before + 1
+    assert kube.status["lastSyncTime"]  # kept: the failure wrote nothing
 
 
 @pytest.mark.parametrize("mode", ["Polling", "Blocking", None])

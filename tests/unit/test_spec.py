@@ -133,11 +133,47 @@ def test_cross_field_rules_name_their_object() -> None:
 
 def test_the_operator_requires_an_output() -> None:
     assert problems(MINIMAL, require_output=True) == [
-        "spec.output: required (configMap, scrapeConfig, or both)"
+        "spec.output: required (configMap, scrapeConfig or httpSD)"
     ]
     assert problems({**MINIMAL, "output": {}}) == [
-        "spec.output: set configMap, scrapeConfig, or both"
+        "spec.output: set configMap, scrapeConfig or httpSD"
     ]
+
+
+def test_http_sd_alone_is_an_output_with_a_30s_refresh_and_no_token() -> None:
+    spec = parse_spec({**MINIMAL, "output": {"httpSD": {}}}, require_output=True)
+    assert spec.output is not None
+    assert spec.output.serves_http_sd
+    assert spec.output.http_sd_settings.refresh_interval == "30s"
+    assert spec.output.http_sd_settings.authorization is None
+
+
+def test_a_scrape_config_is_static_unless_it_asks_for_http_sd() -> None:
+    static = parse_spec({**MINIMAL, "output": {"scrapeConfig": {"name": "sc"}}}).output
+    http = parse_spec(
+        {**MINIMAL, "output": {"scrapeConfig": {"name": "sc", "targetsFrom": "HTTPSD"}}}
+    ).output
+    assert static is not None
+    assert http is not None
+    assert static.scrape_config is not None
+    assert static.scrape_config.targets_from == "Static"
+    assert not static.serves_http_sd
+    assert http.serves_http_sd  # httpSD itself may be left out
+
+
+def test_http_sd_fields_are_checked_by_their_yaml_names() -> None:
+    found = problems(
+        {
+            **MINIMAL,
+            "output": {
+                "scrapeConfig": {"name": "sc", "targetsFrom": "Http"},
+                "httpSD": {"refreshInterval": "500ms", "authorization": {}},
+            },
+        }
+    )
+    assert "spec.output.scrapeConfig.targetsFrom: must be one of 'Static' or 'HTTPSD'" in found
+    assert "spec.output.httpSD.refreshInterval: must be at least 1s" in found
+    assert "spec.output.httpSD.authorization.secretRef: required" in found
 
 
 def test_only_exact_services_skip_the_catalog_as_in_prometheus() -> None:

@@ -523,6 +523,22 @@ async def test_a_health_flip_fetches_only_the_service_it_belongs_to(sim: ConsulS
     assert flipped.targets == 180
 
 
+async def test_a_narrowed_cycle_keeps_the_permanent_failures_it_did_not_fetch_again(
+    sim: ConsulSimulator,
+) -> None:
+    sim.generate(services=20, instances=1, nodes=4)
+    sim.faults.malformed_services = {"svc-00005"}
+    recorder = Recorder()
+    async with client_for(sim) as client:
+        task = await settled_polling(sim, client, recorder)
+        sim.set_check_status(node="node-001", check_id="service:svc-00001-0", status="critical")
+        flipped = await recorder.next()
+        await stop(task)
+    assert sim.counters.requests["health_service"] == 1  # only the flipped service
+    assert set(flipped.failed) == {"svc-00005"}
+    assert flipped.complete
+
+
 async def test_a_check_that_recovers_is_fetched_again(sim: ConsulSimulator) -> None:
     sim.generate(services=20, instances=1, nodes=4)
     sim.set_check_status(node="node-003", check_id="service:svc-00003-0", status="warning")

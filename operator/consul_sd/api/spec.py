@@ -230,11 +230,59 @@ class RelabelConfig(_Model):
     ) = None
 
 
+TargetsFrom = Literal["Static", "HTTPSD"]
+
+
+class HTTPSDAuthorization(_Model):
+    """The bearer token HTTP SD clients must send for this ConsulDiscovery's targets."""
+
+    secret_ref: SecretKeyRef = Field(
+        description="The token, in a Secret of the ConsulDiscovery's namespace; the generated "
+        "ScrapeConfig references the same Secret."
+    )
+
+
+class HTTPSDOutput(_Model):
+    """Serve this ConsulDiscovery's targets at ``<operator>/targets/<namespace>/<name>``."""
+
+    authorization: HTTPSDAuthorization | None = Field(
+        default=None,
+        description="Require a bearer token; without it anyone who reaches the operator's port "
+        "reads the fleet's addresses and metadata.",
+    )
+    refresh_interval: Duration = Field(
+        default="30s",
+        description="How often the generated ScrapeConfig asks Prometheus to fetch the targets. "
+        "At least 1s.",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": f"!self.matches('{_BELOW_ONE_SECOND}')", "message": "must be at least 1s"}
+            ]
+        },
+    )
+
+    @field_validator("refresh_interval")
+    @classmethod
+    def _refresh_at_least_one_second(cls, value: str) -> str:
+        if parse_duration(value) < MIN_REFRESH_INTERVAL:
+            raise ValueError("must be at least 1s")
+        return value
+
+
 class ScrapeConfigOutput(_Model):
-    """Prometheus Operator ScrapeConfig objects named ``<name>-<shard>`` with static targets."""
+    """Prometheus Operator ScrapeConfig objects: static targets, or one object using HTTP SD."""
 
     name: Annotated[str, Field(min_length=1, max_length=200, pattern=OBJECT_NAME_PATTERN)] = Field(
-        description="Prefix of the ScrapeConfigs: <name>-0, <name>-1, ..."
+        description="Static: prefix of the ScrapeConfigs <name>-0, <name>-1, ... "
+        "HTTPSD: the name of the one ScrapeConfig."
+    )
+    targets_from: TargetsFrom = Field(
+        default="Static",
+        description="Static: the targets are written into the ScrapeConfigs, sharded; for small "
+        "fleets (every target change reloads Prometheus's configuration). HTTPSD: one "
+        "ScrapeConfig whose httpSDConfigs point at the operator, which serves the targets; what "
+        "to use at scale (no reload on a target change, no size limit). Needs the operator's "
+        "--http-sd-url.",
     )
     labels: dict[str, str] = Field(
         default_factory=dict, description="Labels on the objects, for scrapeConfigSelector."
@@ -273,26 +321,46 @@ class ScrapeConfigOutput(_Model):
         default=2000,
         ge=1,
         le=10000,
-        description="At most this many targets per ScrapeConfig object (each also stays under "
-        "1 MiB).",
+        description="Static: at most this many targets per ScrapeConfig object (each also stays "
+        "under 1 MiB).",
     )
 
 
 class Output(_Model):
-    """Where the targets go; at least one of the two."""
+    """Where the targets go; at least one of configMap, scrapeConfig and httpSD."""
 
     config_map: ConfigMapOutput | None = Field(
         default=None, description="file_sd JSON in ConfigMaps for a Prometheus that mounts them."
     )
     scrape_config: ScrapeConfigOutput | None = Field(
-        default=None, description="Prometheus Operator ScrapeConfig objects with static targets."
+        default=None,
+        description="Prometheus Operator ScrapeConfig objects: static targets (small fleets) or "
+        "HTTP SD (at scale), see targetsFrom.",
+    )
+    http_sd: HTTPSDOutput | None = Field(
+        default=None,
+        alias="httpSD",
+        description="Serve the targets as Prometheus HTTP SD from the operator at "
+        "/targets/<namespace>/<name>; scrapeConfig.targetsFrom HTTPSD implies it (with these "
+        "defaults when unset).",
     )
 
     @model_validator(mode="after")
     def _at_least_one(self) -> Output:
-        if self.config_map is None and self.scrape_config is None:
-            raise ValueError("set configMap, scrapeConfig, or both")
+        if self.config_map is None and self.scrape_config is None and self.http_sd is None:
+            raise ValueError("set configMap, scrapeConfig or httpSD")
         return self
+
+    @property
+    def serves_http_sd(self) -> bool:
+        """Whether the operator serves these targets at /targets/<namespace>/<name>."""
+        uses = self.scrape_config is not None and self.scrape_config.targets_from == "HTTPSD"
+        return self.http_sd is not None or uses
+
+    @property
+    def http_sd_settings(self) -> HTTPSDOutput:
+        """``httpSD`` as set, or its defaults (scrapeConfig.targetsFrom HTTPSD without it)."""
+        return self.http_sd if self.http_sd is not None else HTTPSDOutput()
 
 
 Mode = Literal["Auto", "Polling", "Blocking"]
@@ -407,7 +475,7 @@ def parse_spec(data: Mapping[str, Any], *, require_output: bool = False) -> Cons
     except ValidationError as exc:
         raise SpecError(describe_validation_error(exc)) from None
     if require_output and spec.output is None:
-        raise SpecError(["spec.output: required (configMap, scrapeConfig, or both)"])
+        raise SpecError(["spec.output: required (configMap, scrapeConfig or httpSD)"])
     return spec
 
 

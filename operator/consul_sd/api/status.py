@@ -30,6 +30,8 @@ REASON_KUBERNETES_ERROR = "KubernetesError"
 REASON_INTERNAL_ERROR = "InternalError"
 REASON_SERVICES_FAILING = "ServicesFailing"
 REASON_HEALTHY = "Healthy"
+# The spec asks for HTTP SD and this operator cannot serve it (no --http-sd-url, no server).
+REASON_HTTP_SD_UNAVAILABLE = "HTTPSDUnavailable"
 
 
 @dataclass(frozen=True)

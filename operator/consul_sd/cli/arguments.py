@@ -67,8 +67,19 @@ def add_operator_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--peering-name", default=None, help="kopf peering object to join")
     parser.add_argument("--liveness-port", type=int, default=8080, help="0 disables /healthz")
-    parser.add_argument("--metrics-port", type=int, default=9090, help="0 disables /metrics")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=9090,
+        help="port of /metrics, /healthz and the HTTP SD /targets; 0 disables them",
+    )
     parser.add_argument("--bind-address", default="0.0.0.0", help="address of both ports")
+    parser.add_argument(
+        "--http-sd-url",
+        default=None,
+        help="this operator's URL as Prometheus reaches it (http://NAME.NAMESPACE.svc:9090); "
+        "ScrapeConfigs with targetsFrom: HTTPSD point at URL/targets/NAMESPACE/NAME",
+    )
 
 
 def add_discover_arguments(parser: argparse.ArgumentParser) -> None:
@@ -114,7 +125,7 @@ def add_discover_arguments(parser: argparse.ArgumentParser) -> None:
         "--name", help="with --spec: the ConsulDiscovery to use when the file holds several"
     )
 
-    out = parser.add_argument_group("output (one of --once, --output, or both)")
+    out = parser.add_argument_group("output (--once, --output, --listen; --once not with --listen)")
     out.add_argument(
         "--once",
         action="store_true",
@@ -123,6 +134,21 @@ def add_discover_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument(
         "--output", type=Path, help="file_sd file, rewritten atomically whenever targets change"
     )
+    out.add_argument(
+        "--listen",
+        type=_host_port,
+        metavar="HOST:PORT",
+        help="serve Prometheus HTTP SD at http://HOST:PORT/targets (and /metrics, /healthz); "
+        "503 until the first complete discovery",
+    )
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[IPv6]:PORT`` or ``:PORT`` (every interface)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    return host.removeprefix("[").removesuffix("]") or "0.0.0.0", int(port)
 
 
 def _csv(text: str) -> list[str]:

@@ -1,7 +1,9 @@
 """``consul-sd discover``: the operator's engine for a Prometheus outside Kubernetes.
 
 Writes Prometheus file_sd JSON, once to a file or stdout (``--once``), or keeps ``--output``
-current until SIGTERM/SIGINT. Its flags (in :mod:`consul_sd.cli.arguments`) mirror the
+current and/or serves the targets as Prometheus HTTP SD (``--listen HOST:PORT``: ``/targets``,
+503 until the first complete snapshot; see :mod:`consul_sd.outputs.http_sd`) until
+SIGTERM/SIGINT. Its flags (in :mod:`consul_sd.cli.arguments`) mirror the
 ConsulDiscovery spec; ``--spec FILE`` reads a CR, its spec, or a multi-document file (``--name``
 picks the CR), and flags override it. Credentials come from flags or files only, because there
 is no Secret to read here; a spec that names Secrets must be given ``--token-file`` (or the TLS
@@ -17,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -24,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from consul_sd.api.names import KIND
 from consul_sd.api.spec import ConsulDiscoverySpec, SpecError, parse_spec
 from consul_sd.cli.arguments import UsageError
 from consul_sd.consul.client import ConsulClient
@@ -31,9 +35,16 @@ from consul_sd.consul.endpoint import ConsulEndpoint, validate_token
 from consul_sd.consul.errors import ConsulCredentialError, ConsulError
 from consul_sd.discovery.query import DiscoveryQuery
 from consul_sd.discovery.run import discover_once, run_discovery
-from consul_sd.discovery.snapshots import DiscoveryIncomplete
+from consul_sd.discovery.snapshots import DiscoveryIncomplete, Publish, Snapshot
 from consul_sd.endpoints import Credentials, build_client, build_endpoint
 from consul_sd.outputs.filesd import FileSDWriter, write_atomically
+from consul_sd.outputs.http_sd import (
+    RunningServer,
+    SnapshotServer,
+    TargetStore,
+    start_target_server,
+    stop_target_server,
+)
 from consul_sd.outputs.render import render_file_sd
 
 logger = logging.getLogger("consul_sd")
@@ -94,7 +105,7 @@ def _spec_from_file(path: Path, *, name: str | None) -> dict[str, Any]:
         raise UsageError(f"--spec {path}: a document is not a YAML mapping")
     if len(documents) == 1 and "kind" not in documents[0] and name is None:
         return _spec_of(path, documents[0])
-    found = [doc for doc in documents if doc.get("kind") == "ConsulDiscovery"]
+    found = [doc for doc in documents if doc.get("kind") == KIND]
     names = [str((doc.get("metadata") or {}).get("name", "")) for doc in found]
     if name is not None:
         found = [doc for doc, doc_name in zip(found, names, strict=True) if doc_name == name]
@@ -165,9 +176,12 @@ def _read(path: Path, flag: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """``consul-sd discover``: one discovery (``--once``) or a file kept current until a signal."""
-    if not args.once and args.output is None:
-        raise UsageError("give --once, --output FILE, or both")
+    """``consul-sd discover``: one discovery (``--once``), or a file kept current and/or the
+    targets served over HTTP (``--listen``) until a signal."""
+    if args.once and args.listen is not None:
+        raise UsageError("--listen serves until stopped: it does not go with --once")
+    if not args.once and args.output is None and args.listen is None:
+        raise UsageError("give --once, --output FILE, --listen HOST:PORT, or --output with one")
     try:
         spec = load_spec(args)
     except SpecError as exc:
@@ -176,7 +190,9 @@ def run(args: argparse.Namespace) -> int:
     query = DiscoveryQuery.from_spec(spec)
     if args.once:
         return asyncio.run(_discover_once(query=query, endpoint=endpoint, output=args.output))
-    return asyncio.run(_discover_forever(query=query, endpoint=endpoint, output=args.output))
+    return asyncio.run(
+        _discover_forever(query=query, endpoint=endpoint, output=args.output, listen=args.listen)
+    )
 
 
 def _client(query: DiscoveryQuery, endpoint: ConsulEndpoint) -> ConsulClient:
@@ -209,19 +225,55 @@ async def _discover_once(
 
 
 async def _discover_forever(
-    *, query: DiscoveryQuery, endpoint: ConsulEndpoint, output: Path
+    *,
+    query: DiscoveryQuery,
+    endpoint: ConsulEndpoint,
+    output: Path | None,
+    listen: tuple[str, int] | None,
 ) -> int:
-    if not output.parent.is_dir():
+    """Keep ``output`` current and/or serve the targets at ``listen`` until SIGTERM/SIGINT."""
+    if output is not None and not output.parent.is_dir():
         raise UsageError(f"--output {output}: directory {output.parent} does not exist")
-    writer = FileSDWriter(output)
+    writer = FileSDWriter(output) if output is not None else None
+    store = TargetStore()
+    # The writer logs Consul's problems; without one, the HTTP sink does.
+    served = SnapshotServer(store, log_problems=writer is None) if listen is not None else None
+    sinks = [sink.publish for sink in (writer, served) if sink is not None]
+
+    async def publish(snapshot: Snapshot) -> None:
+        for sink in sinks:
+            await sink(snapshot)
+
+    server = await _listen(store, listen) if listen is not None else None
+    try:
+        await _until_signal(query=query, endpoint=endpoint, publish=publish)
+    finally:
+        if server is not None:
+            await stop_target_server(server)
+    logger.info(
+        "stopped after %d writes, %d snapshots served",
+        writer.writes if writer is not None else 0,
+        served.served if served is not None else 0,
+    )
+    return 0
+
+
+async def _listen(store: TargetStore, listen: tuple[str, int]) -> RunningServer:
+    host, port = listen
+    try:
+        return await start_target_server(store, host=host, port=port, app_kind="cli")
+    except OSError as exc:  # in use, or an address this host does not have
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise UsageError(f"--listen {host}:{port}: {reason}") from None
+
+
+async def _until_signal(
+    *, query: DiscoveryQuery, endpoint: ConsulEndpoint, publish: Publish
+) -> None:
     loop = asyncio.get_running_loop()
     async with _client(query, endpoint) as client:
-        task = asyncio.create_task(
-            run_discovery(query=query, client=client, publish=writer.publish)
-        )
+        task = asyncio.create_task(run_discovery(query=query, client=client, publish=publish))
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, task.cancel)
         with contextlib.suppress(asyncio.CancelledError):
             await task
-    logger.info("stopped after %d writes", writer.writes)
-    return 0

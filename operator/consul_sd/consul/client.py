@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -134,7 +133,6 @@ class ConsulClient:
         self._retry = retry or RetryPolicy()
         self._request_timeout = request_timeout
         self._observer = observer
-        self._rng = random.Random()
         self.concurrency = AdaptiveLimit(max_connections)
         self._max_answer_bytes = max_answer_bytes
         self._session: aiohttp.ClientSession | None = None
@@ -385,7 +383,6 @@ class ConsulClient:
                         attempt - 1,
                         base=self._retry.base_delay,
                         cap=self._retry.max_delay,
-                        rng=self._rng,
                     )
                 )
                 continue

@@ -1,4 +1,4 @@
-"""Consul credentials of one ConsulDiscovery, from Secrets in its namespace.
+"""Consul credentials of one ConsulDiscovery, and its HTTP SD bearer token, from Secrets.
 
 Each Secret key the spec names is read once per worker start (:func:`read_values`); the same
 values give the endpoint (:func:`endpoint_from_values`, no I/O) and a fingerprint, and a later
@@ -6,6 +6,9 @@ read that gives another fingerprint is a rotation (the runner restarts the worke
 that read returned, handing it the targets it had). Values are validated before use, with a
 message that names the Secret, the key and what is wrong, never a byte of the value: a token
 must be a header-safe string, basic auth must encode as HTTP basic auth, TLS material must load.
+The HTTP SD token (``spec.output.httpSD.authorization.secretRef``) is read, fingerprinted and
+validated with them, like the Consul token: a rotation of it restarts the worker, whose start
+hands the new token to the target store.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ class ResolvedEndpoint:
 
     endpoint: ConsulEndpoint = field(repr=False)
     fingerprint: str
+    # The bearer token HTTP SD clients must send, when the spec asks for one.
+    http_sd_token: str | None = field(default=None, repr=False)
 
 
 def _named_refs(consul: ConsulConfig) -> list[tuple[str, SecretKeyRef | None]]:
@@ -58,10 +63,18 @@ def _basic_auth_keys(consul: ConsulConfig) -> list[tuple[str, str]]:
     return [(ref.name, ref.username_key), (ref.name, ref.password_key)]
 
 
-async def read_values(*, kube: SecretReader, namespace: str, consul: ConsulConfig) -> SecretValues:
+async def read_values(
+    *,
+    kube: SecretReader,
+    namespace: str,
+    consul: ConsulConfig,
+    http_sd: SecretKeyRef | None = None,
+) -> SecretValues:
     """Every Secret key the spec names, each read once: ``{(secret, key): value}``."""
     wanted = [(ref.name, ref.key) for _, ref in _named_refs(consul) if ref is not None]
     wanted += _basic_auth_keys(consul)
+    if http_sd is not None:
+        wanted.append((http_sd.name, http_sd.key))
     values: SecretValues = {}
     for name, key in wanted:
         if (name, key) not in values:
@@ -80,17 +93,36 @@ def fingerprint(values: SecretValues) -> str:
 
 
 async def resolve_endpoint(
-    *, kube: SecretReader, namespace: str, consul: ConsulConfig
+    *,
+    kube: SecretReader,
+    namespace: str,
+    consul: ConsulConfig,
+    http_sd: SecretKeyRef | None = None,
 ) -> ResolvedEndpoint:
     """The Consul endpoint with validated credentials; :class:`SecretInvalid` names a bad one."""
-    values = await read_values(kube=kube, namespace=namespace, consul=consul)
-    return endpoint_from_values(values, namespace=namespace, consul=consul)
+    values = await read_values(kube=kube, namespace=namespace, consul=consul, http_sd=http_sd)
+    return endpoint_from_values(values, namespace=namespace, consul=consul, http_sd=http_sd)
+
+
+def http_sd_token(values: SecretValues, *, namespace: str, ref: SecretKeyRef | None) -> str | None:
+    """The HTTP SD bearer token from ``values``, validated like a Consul token; None if unset."""
+    if ref is None:
+        return None
+    raw = values[(ref.name, ref.key)]
+    # A blank token would make every request without one match it after stripping.
+    _check(lambda: validate_token(raw), where=_where(namespace, ref))
+    return raw.strip()
 
 
 def endpoint_from_values(
-    values: SecretValues, *, namespace: str, consul: ConsulConfig
+    values: SecretValues,
+    *,
+    namespace: str,
+    consul: ConsulConfig,
+    http_sd: SecretKeyRef | None = None,
 ) -> ResolvedEndpoint:
     """The endpoint from values :func:`read_values` returned, validated; no I/O."""
+    served_token = http_sd_token(values, namespace=namespace, ref=http_sd)
 
     def value(ref: SecretKeyRef | None) -> str | None:
         return None if ref is None else values[(ref.name, ref.key)]
@@ -122,7 +154,9 @@ def endpoint_from_values(
         endpoint = build_endpoint(consul, credentials)
     except (ssl.SSLError, ValueError, OSError) as exc:
         raise SecretInvalid(_tls_problem(namespace, refs=refs, exc=exc)) from None
-    return ResolvedEndpoint(endpoint=endpoint, fingerprint=fingerprint(values))
+    return ResolvedEndpoint(
+        endpoint=endpoint, fingerprint=fingerprint(values), http_sd_token=served_token
+    )
 
 
 def _where(namespace: str, ref: SecretKeyRef | None) -> str:

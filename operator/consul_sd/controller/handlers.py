@@ -9,8 +9,12 @@ ownerReferences let the garbage collector remove the outputs.
 Settings follow the reference: the project's own finalizer and annotation prefix
 (``consul-sd.io``), never kopf's defaults; kopf posts only WARNING and above as events (our own
 events come from the runner); a liveness endpoint; a cancellation timeout so a stuck worker cannot
-block deletion. Handlers are never attached to the generated ConfigMaps or ScrapeConfigs, whose
-annotations kopf would otherwise fill.
+block deletion. The operator's one HTTP port (``--metrics-port``) is the HTTP SD server of
+:mod:`consul_sd.outputs.http_sd` (``/metrics``, ``/healthz``, ``/targets``): started in the
+startup handler, stopped in the cleanup handler; its target store reaches every runner through
+kopf's memo, and a deleted CR is forgotten by the store (404; an exiting operator forgets
+nothing: its last answers stay the targets). Handlers are never attached to the generated
+ConfigMaps or ScrapeConfigs, whose annotations kopf would otherwise fill.
 """
 
 from __future__ import annotations
@@ -23,14 +27,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import kopf
-from prometheus_client import start_http_server
 
 from consul_sd import metrics
 from consul_sd.api.names import FINALIZER, GROUP, PLURAL, VERSION
 from consul_sd.controller.progress import PROGRESS
-from consul_sd.controller.runner import run_generation
+from consul_sd.controller.runner import HTTPSDServing, run_generation, store_key
 from consul_sd.kube import DiscoveryRef, Kube
 from consul_sd.loops import cancel_and_wait
+from consul_sd.outputs import http_sd
 
 GENERATION_POLL_SECONDS = 1.0
 CANCELLATION_TIMEOUT = 10.0
@@ -51,6 +55,26 @@ def configure(*, settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> 
     # Every other request of kopf's own (patches, events) is bounded too.
     settings.networking.request_timeout = 30
     memo.kube = Kube.from_environment()
+
+
+@kopf.on.startup()
+async def start_target_server(*, memo: kopf.Memo, **_: Any) -> None:
+    """The operator's port: /metrics, /healthz and /targets, before any CR is handled."""
+    port = memo.get("port") or 0
+    if not port:
+        return  # --metrics-port 0: no server; a CR asking for HTTP SD reports HTTPSDUnavailable
+    store = http_sd.TargetStore()
+    memo.target_server = await http_sd.start_target_server(
+        store, host=memo.get("host") or "0.0.0.0", port=port, app_kind="operator"
+    )
+    memo.serving = HTTPSDServing(store=store, base_url=memo.get("http_sd_url") or None)
+
+
+@kopf.on.cleanup()
+async def stop_target_server(*, memo: kopf.Memo, **_: Any) -> None:
+    server = memo.get("target_server")
+    if server is not None:
+        await http_sd.stop_target_server(server)
 
 
 @kopf.daemon(
@@ -99,12 +123,23 @@ async def run_consul_discovery(
                 logger.info(
                     "%s/%s: starting discovery for generation %d", namespace, name, generation
                 )
-                runner = _start(memo.kube, ref=ref, generation=generation, spec=spec, status=status)
+                runner = _start(memo, ref=ref, generation=generation, spec=spec, status=status)
             await stopped.wait(GENERATION_POLL_SECONDS)
     finally:
         await _stop(runner)
+        if (serving := memo.get("serving")) is not None and not _operator_stops(stopped):
+            serving.store.forget(store_key(ref))  # deleted, or no longer handled: 404
         metrics.forget(namespace, name)
         PROGRESS.forget(f"{namespace}/{name}")
+
+
+def _operator_stops(stopped: kopf.DaemonStopped) -> bool:
+    """The daemon stops because the operator exits or pauses, not because of the CR."""
+    reason = getattr(stopped, "reason", None)
+    exiting = (
+        kopf.DaemonStoppingReason.OPERATOR_EXITING | kopf.DaemonStoppingReason.OPERATOR_PAUSING
+    )
+    return reason is not None and bool(reason & exiting)
 
 
 def _crash(runner: asyncio.Task[None] | None) -> BaseException | None:
@@ -115,7 +150,7 @@ def _crash(runner: asyncio.Task[None] | None) -> BaseException | None:
 
 
 def _start(
-    kube: Kube,
+    memo: kopf.Memo,
     *,
     ref: DiscoveryRef,
     generation: int,
@@ -124,12 +159,13 @@ def _start(
 ) -> asyncio.Task[None]:
     return asyncio.create_task(
         run_generation(
-            kube=kube,
+            kube=memo.kube,
             ref=ref,
             generation=generation,
             # A copy: kopf updates the live spec view in place.
             spec_data=copy.deepcopy(dict(spec)),
             ready_before=was_ready(status, generation=generation),
+            serving=memo.get("serving"),
         ),
         name=f"consul-sd {ref.namespace}/{ref.name}",
     )
@@ -164,8 +200,8 @@ async def count_discoveries(**_: Any) -> int:
 
 def run_operator(args: argparse.Namespace) -> int:
     """``consul-sd operator``: kopf's runner with this module's handlers."""
-    if args.metrics_port:
-        start_http_server(args.metrics_port, addr=args.bind_address)
+    # Read by the startup handler, which starts the port inside kopf's event loop.
+    memo = kopf.Memo(port=args.metrics_port, host=args.bind_address, http_sd_url=args.http_sd_url)
     liveness = None
     if args.liveness_port:
         liveness = f"http://{args.bind_address}:{args.liveness_port}/healthz"
@@ -176,5 +212,6 @@ def run_operator(args: argparse.Namespace) -> int:
         clusterwide=not namespaces,
         namespaces=namespaces,
         liveness_endpoint=liveness,
+        memo=memo,
     )
     return 0

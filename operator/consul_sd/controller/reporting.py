@@ -56,13 +56,18 @@ class Written:
     targets: int
     services: int
     outputs: Sequence[OutputRef]
+    # The targets are also served at /targets/<namespace>/<name> (spec.output.httpSD).
+    served: bool = False
 
     def describe(self) -> str:
+        found = f"{self.targets} targets from {self.services} services"
         kinds = "/".join(sorted({o.kind for o in self.outputs})) or "outputs"
-        return (
-            f"{self.targets} targets from {self.services} services written to "
-            f"{len(self.outputs)} {kinds} objects"
-        )
+        written = f"written to {len(self.outputs)} {kinds} objects"
+        if not self.served:
+            return f"{found} {written}"
+        if not self.outputs:
+            return f"{found} served over HTTP SD"
+        return f"{found} {written} and served over HTTP SD"
 
 
 def build_status(
@@ -76,14 +81,16 @@ def build_status(
     """The status of a generation; ``synced_at``: when ``snapshot`` was written, if it was."""
     status = ConsulDiscoveryStatus(observed_generation=generation, conditions=list(conditions))
     if snapshot is not None:
-        # None while Auto has not chosen a mode: the status then shows none.
+        # None while Auto has not chosen a mode: sent as null, so a merge patch removes the mode
+        # an earlier worker reported.
         status.mode = snapshot.mode
         status.services = snapshot.matched
         status.failed_services = len(snapshot.failed)
         status.consul_requests = sum(snapshot.requests.values())
         if snapshot.duration:
             status.last_sync_duration = format_duration(snapshot.duration)
-        status.last_sync_time = synced_at
+        if synced_at is not None:
+            status.last_sync_time = synced_at
     if written is not None:
         status.targets = written.targets
         status.outputs = list(written.outputs)
@@ -93,10 +100,12 @@ def build_status(
 def status_patch(
     status: ConsulDiscoveryStatus, *, exclude: frozenset[str] = frozenset()
 ) -> dict[str, Any]:
-    """The merge patch of ``status``: the fields set and not None, by their CRD names."""
-    return status.model_dump(
-        mode="json", by_alias=True, exclude_none=True, exclude_unset=True, exclude=set(exclude)
-    )
+    """The merge patch of ``status``: the fields set, by their CRD names.
+
+    A field set to None is sent as null, which a merge patch removes; a field never set is left
+    out, so the apiserver keeps what it holds.
+    """
+    return status.model_dump(mode="json", by_alias=True, exclude_unset=True, exclude=set(exclude))
 
 
 def _now() -> str:

@@ -16,6 +16,13 @@ import kopf, so it is tested against a fake :class:`KubeAPI` or a real apiserver
 - Whatever restarts the worker (a rotated Secret, a failure, an operator restart) hands the new
   one the targets last written (after a restart, what the outputs hold) as its starting point,
   so a service that fails during the new worker's first cycle keeps its targets.
+- HTTP SD (``spec.output.httpSD`` or ``scrapeConfig.targetsFrom: HTTPSD``): each worker start
+  registers the CR with the operator's target store (:class:`TargetServer`, 503 until a complete
+  snapshot) with the bearer token it read; every publishable snapshot is served before the
+  outputs are written (so the HTTP SD ScrapeConfig never points at less than the static shards
+  it replaces held); a generation that no longer asks for it is forgotten (404). Without the
+  store or, for the ScrapeConfig form, ``--http-sd-url``, the generation stops at
+  ``HTTPSDUnavailable`` and the outputs keep what they hold.
 - :class:`GenerationSink` takes the worker's snapshots: the outputs are written by
   :class:`consul_sd.outputs.publisher.OutputPublisher` (superset-first, owned objects only), nothing
   before the first complete snapshot; status and events are :mod:`.reporting`'s, the
@@ -29,11 +36,19 @@ import logging
 import time
 import traceback
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from consul_sd import metrics
-from consul_sd.api.spec import ConsulDiscoverySpec, SpecError, parse_spec, validate_discovery_name
+from consul_sd.api.spec import (
+    ConsulDiscoverySpec,
+    SecretKeyRef,
+    SpecError,
+    parse_spec,
+    validate_discovery_name,
+)
 from consul_sd.api.status import (
+    REASON_HTTP_SD_UNAVAILABLE,
     REASON_INTERNAL_ERROR,
     REASON_INVALID_SPEC,
     REASON_KUBERNETES_ERROR,
@@ -71,7 +86,14 @@ RESTART_BACKOFF_CAP = 60.0
 # A worker that ran this long before it failed starts its backoff from the beginning again.
 STABLE_RUN_SECONDS = 300.0
 
-__all__ = ["GenerationSink", "KubeAPI", "describe_failure", "run_generation"]
+__all__ = [
+    "GenerationSink",
+    "HTTPSDServing",
+    "KubeAPI",
+    "TargetServer",
+    "describe_failure",
+    "run_generation",
+]
 
 # What a Secret recheck read: the new values, or why they cannot be used. The next start takes
 # it instead of reading the Secrets again.
@@ -82,8 +104,31 @@ class KubeAPI(OutputAPI, SecretReader, StatusAPI, Protocol):
     """What the runner needs of :class:`consul_sd.kube.Kube` (the seam unit tests fake)."""
 
 
+class TargetServer(Protocol):
+    """What the runner needs of :class:`consul_sd.outputs.http_sd.TargetStore`."""
+
+    def expect(self, key: tuple[str, str], *, token: str | None) -> None: ...
+    def serve(
+        self, key: tuple[str, str], groups: Mapping[str, TargetGroup], *, token: str | None
+    ) -> None: ...
+    def forget(self, key: tuple[str, str]) -> None: ...
+
+
+@dataclass(frozen=True)
+class HTTPSDServing:
+    """The operator's HTTP SD endpoint: its target store and the URL ScrapeConfigs point at."""
+
+    store: TargetServer
+    base_url: str | None = None
+
+
 def _key(ref: DiscoveryRef) -> str:
     return f"{ref.namespace}/{ref.name}"
+
+
+def store_key(ref: DiscoveryRef) -> tuple[str, str]:
+    """The key of a ConsulDiscovery in the target store: ``/targets/<namespace>/<name>``."""
+    return (ref.namespace, ref.name)
 
 
 class GenerationSink:
@@ -97,13 +142,24 @@ class GenerationSink:
         generation: int,
         spec: ConsulDiscoverySpec,
         ready_before: bool = False,
+        serving: HTTPSDServing | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """``ready_before``: the status said Ready for this generation (an operator restart)."""
+        """``ready_before``: the status said Ready for this generation (an operator restart).
+
+        ``serving``: where the targets are served, when the spec asks for HTTP SD.
+        """
         assert spec.output is not None, "the runner requires an output"
         self._ready_before = ready_before
         self.ref = ref
-        self.outputs = OutputPublisher(kube=kube, ref=ref, output=spec.output)
+        self._store = serving.store if serving and spec.output.serves_http_sd else None
+        self._token: str | None = None
+        self.outputs = OutputPublisher(
+            kube=kube,
+            ref=ref,
+            output=spec.output,
+            http_sd_base=serving.base_url if serving else None,
+        )
         self.status = StatusReporter(kube=kube, ref=ref, generation=generation, clock=clock)
         self.written: Written | None = None  # nothing written by this generation yet
         self.resumed = False
@@ -127,6 +183,12 @@ class GenerationSink:
                 outputs=self.outputs.outputs,
             )
 
+    def expect(self, token: str | None) -> None:
+        """A worker starts: register the CR (503 until complete) with the token it read."""
+        if self._store is not None:
+            self._token = token
+            self._store.expect(store_key(self.ref), token=token)
+
     async def publish(self, snapshot: Snapshot) -> None:
         ns, cr = self.ref.namespace, self.ref.name
         with PROGRESS.publishing(_key(self.ref)):
@@ -136,6 +198,9 @@ class GenerationSink:
                 metrics.CYCLE_DURATION.labels(ns, cr).observe(snapshot.duration)
             problem: Problem | None = None
             synced = is_publishable(snapshot, published_before=self.published)
+            if synced and self._store is not None:
+                # Before the writes: a static shard the write deletes is already served.
+                self._store.serve(store_key(self.ref), snapshot.groups, token=self._token)
             if synced:
                 problem = await self.outputs.write(snapshot.groups)
                 synced = problem is None
@@ -144,6 +209,7 @@ class GenerationSink:
                         targets=snapshot.targets,
                         services=len(snapshot.groups),
                         outputs=self.outputs.outputs,
+                        served=self._store is not None,
                     )
                     self.seed = snapshot.groups
                     metrics.TARGETS.labels(ns, cr).set(snapshot.targets)
@@ -182,11 +248,13 @@ async def run_generation(
     generation: int,
     spec_data: Mapping[str, Any],
     ready_before: bool = False,
+    serving: HTTPSDServing | None = None,
 ) -> None:
     """Run one generation of a ConsulDiscovery until cancelled (by a spec change or deletion).
 
     ``ready_before``: its status said Ready for this generation when the runner started (after
     an operator restart), so the outputs it holds are a complete set of this generation.
+    ``serving``: the operator's HTTP SD endpoint, None when it serves none.
     """
     reporter = StatusReporter(kube=kube, ref=ref, generation=generation)
     try:
@@ -195,17 +263,52 @@ async def run_generation(
             raise SpecError([name_problem])
     except SpecError as exc:
         logger.warning("%s: invalid spec: %s", _key(ref), exc)
-        problem = Problem(REASON_INVALID_SPEC, str(exc))
-        await reporter.report(snapshot=None, problem=problem, written=None)
-        PROGRESS.forget(_key(ref))  # no loop runs: the previous generation's must not look stuck
-        await asyncio.Event().wait()  # nothing to run until the spec changes
+        await _stay_blocked(reporter, Problem(REASON_INVALID_SPEC, str(exc)))
         return
+    assert spec.output is not None
+    if (unavailable := http_sd_unavailable(spec, serving)) is not None:
+        logger.warning("%s: %s", _key(ref), unavailable)
+        await _stay_blocked(reporter, Problem(REASON_HTTP_SD_UNAVAILABLE, unavailable))
+        return
+    if serving is not None and not spec.output.serves_http_sd:
+        serving.store.forget(store_key(ref))  # this generation no longer asks for it: 404
     sink = GenerationSink(
-        kube=kube, ref=ref, generation=generation, spec=spec, ready_before=ready_before
+        kube=kube,
+        ref=ref,
+        generation=generation,
+        spec=spec,
+        ready_before=ready_before,
+        serving=serving,
     )
     allowance = 3 * max(spec.refresh_seconds, spec.watch_seconds) + RESTART_BACKOFF_CAP
     PROGRESS.track(_key(ref), allowance=allowance)
     await _keep_running(kube=kube, sink=sink, spec=spec)
+
+
+async def _stay_blocked(reporter: StatusReporter, problem: Problem) -> None:
+    """Report why this generation cannot run, then wait for the next one; outputs stay."""
+    await reporter.report(snapshot=None, problem=problem, written=None)
+    PROGRESS.forget(_key(reporter.ref))  # no loop runs: the previous one's must not look stuck
+    await asyncio.Event().wait()  # nothing to run until the spec changes
+
+
+def http_sd_unavailable(spec: ConsulDiscoverySpec, serving: HTTPSDServing | None) -> str | None:
+    """Why this operator cannot give the spec the HTTP SD it asks for, or None."""
+    output = spec.output
+    if output is None or not output.serves_http_sd:
+        return None
+    if serving is None:
+        return (
+            "spec.output asks for HTTP SD but this operator serves none (--metrics-port 0): "
+            "enable its port"
+        )
+    scrape = output.scrape_config
+    if scrape is not None and scrape.targets_from == "HTTPSD" and not serving.base_url:
+        return (
+            "scrapeConfig.targetsFrom HTTPSD needs the operator's --http-sd-url (chart value "
+            "httpSD.url, set by default); outputs kept"
+        )
+    return None
 
 
 async def _keep_running(*, kube: KubeAPI, sink: GenerationSink, spec: ConsulDiscoverySpec) -> None:
@@ -243,6 +346,7 @@ async def _run_worker(
         if not sink.published:
             await sink.report_blocked(None)  # Progressing: the first discovery is under way
     resolved = await _credentials(kube=kube, ref=ref, spec=spec, reread=reread)
+    sink.expect(resolved.http_sd_token)
     query = DiscoveryQuery.from_spec(spec)
     client = build_client(
         resolved.endpoint, max_concurrent=spec.max_concurrent, observer=_observer(ref)
@@ -266,9 +370,22 @@ async def _credentials(
     """The endpoint of this start, from what the last recheck read if it read anything."""
     if isinstance(reread, SecretNotFound | SecretInvalid):
         raise reread  # reported by the boundary, as if this start had read it
+    http_sd = _http_sd_secret(spec)
     if reread is None:
-        return await resolve_endpoint(kube=kube, namespace=ref.namespace, consul=spec.consul)
-    return endpoint_from_values(reread, namespace=ref.namespace, consul=spec.consul)
+        return await resolve_endpoint(
+            kube=kube, namespace=ref.namespace, consul=spec.consul, http_sd=http_sd
+        )
+    return endpoint_from_values(
+        reread, namespace=ref.namespace, consul=spec.consul, http_sd=http_sd
+    )
+
+
+def _http_sd_secret(spec: ConsulDiscoverySpec) -> SecretKeyRef | None:
+    """The Secret key holding the HTTP SD bearer token, when the spec serves with one."""
+    if spec.output is None or not spec.output.serves_http_sd:
+        return None
+    authorization = spec.output.http_sd_settings.authorization
+    return authorization.secret_ref if authorization else None
 
 
 async def _until_credentials_change(
@@ -288,7 +405,10 @@ async def _until_credentials_change(
             raise RuntimeError("the discovery worker stopped")
         try:
             values = await read_secret_values(
-                kube=kube, namespace=ref.namespace, consul=spec.consul
+                kube=kube,
+                namespace=ref.namespace,
+                consul=spec.consul,
+                http_sd=_http_sd_secret(spec),
             )
         except (SecretNotFound, SecretInvalid) as exc:
             return exc  # reported by the next start

@@ -13,9 +13,9 @@ the next read is plain, since Consul may have restarted. Each watch also reads p
 
 The watches write into one shared state; a publisher gathers changes landing together into one
 snapshot (:data:`PUBLISH_COALESCE_SECONDS`) and waits until every watch has reported once. A
-failed watch keeps its service's targets and backs off (up to :data:`~.loops.ERROR_BACKOFF_CAP`);
-a service gone from the catalog loses its watch and its targets. All watches live in one
-TaskGroup: none outlives the worker.
+failed watch keeps its service's targets and backs off (up to
+:data:`~.failures.ERROR_BACKOFF_CAP`); a service gone from the catalog loses its watch and its
+targets. All watches live in one TaskGroup: none outlives the worker.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""What every discovery mode's loops share beyond :mod:`consul_sd.loops`: the error backoff, the
-cold-start retry and the bounded fan-out.
+"""How every discovery mode meets Consul's failures: the error backoff, the cold-start retry and
+the bounded fan-out that keeps each service's failure as its result.
 
 - Errors back off with jitter (:func:`error_backoff`), from :data:`ERROR_BACKOFF_BASE` up to
   :data:`ERROR_BACKOFF_CAP` in every mode and every loop (a catalog, a service, the datacenter

@@ -1,7 +1,7 @@
 """Polling: list the catalog every ``refreshInterval``, fetch the services, publish; forever.
 
 Each cycle lists the matched services, reads the change gate (:mod:`.gate`) and fetches services
-with at most ``maxConcurrent`` requests in flight (:func:`~.loops.fetch_all`). After a clean
+with at most ``maxConcurrent`` requests in flight (:func:`~.failures.fetch_all`). After a clean
 cycle (complete, nothing a retry could change) the gate skips or narrows the next one: a quiet
 fleet costs three small requests per cycle instead of N + 1. Within a fetch, a service whose own
 index has not moved is not decoded or rebuilt.
@@ -11,7 +11,7 @@ request that found Consul unreachable, and the periodic full resync (``resyncInt
 forget them, and the next cycle reads and decodes every service.
 
 A catalog failure publishes the last known targets, never as complete, and backs off (up to
-:data:`~.loops.ERROR_BACKOFF_CAP`, as in every mode); a failed service keeps its targets. The
+:data:`~.failures.ERROR_BACKOFF_CAP`, as in every mode); a failed service keeps its targets. The
 snapshot's ``duration`` is the cycle's.
 """
 

@@ -14,6 +14,10 @@ The rules, each kept for a kill -9 between any two API calls:
 - An object is written only when its bytes change; a failed write stops the pass, keeps what
   the objects hold, and is retried with the next snapshot.
 
+A ScrapeConfig in the HTTP SD form (``targetsFrom: HTTPSD``) is one object named as the output,
+holding no targets; switching from the static form, it is written before the static shards are
+deleted (deletes come last), so Prometheus always has one of the two.
+
 After an operator restart, :meth:`OutputPublisher.resume` reads the objects back: what they hold
 is the seed of the first discovery (a service that fails then keeps its targets) and the
 starting point of the superset rule. Limits: the targets each object holds are kept as hashes
@@ -46,11 +50,13 @@ from consul_sd.outputs.shards import (
     config_map_data,
     config_map_shards,
     held_targets,
+    http_sd_scrape_config_spec,
+    http_sd_url,
     scrape_config_shards,
     scrape_config_spec,
     scrape_settings,
 )
-from consul_sd.targets import SERVICE_LABEL, Target, TargetGroup, group_targets
+from consul_sd.targets import SERVICE_LABEL, Target, TargetGroup, count_targets, group_targets
 
 OUTPUT_KINDS: tuple[OutputKind, ...] = ("ConfigMap", "ScrapeConfig")
 # How often what the objects hold is read back from the apiserver instead of trusted from memory.
@@ -100,6 +106,8 @@ class _Planned:
     members: tuple[Target, ...]
     # The payload of exactly ``members`` when the shard builder rendered it already.
     rendered: Mapping[str, Any] | None = None
+    # The targets to report for an object that points at them instead of holding them.
+    serves: int | None = None
 
     @property
     def key(self) -> tuple[OutputKind, str]:
@@ -140,11 +148,14 @@ class OutputPublisher:
         kube: OutputAPI,
         ref: DiscoveryRef,
         output: Output,
+        http_sd_base: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``http_sd_base``: the operator's ``--http-sd-url`` (``targetsFrom: HTTPSD`` needs it)."""
         self.kube = kube
         self.ref = ref
         self.output = output
+        self.http_sd_base = http_sd_base
         # What each object holds, for the status.
         self.outputs: list[OutputRef] = []
         self._held: dict[tuple[OutputKind, str], _Held] = {}
@@ -233,15 +244,30 @@ class OutputPublisher:
             ):
                 rendered = {shard.key: shard.data.decode()}
                 planned.append(_Planned("ConfigMap", shard.name, base, shard.members, rendered))
-        if self.output.scrape_config is not None:
-            labels = {**self.output.scrape_config.labels, **base}
+        scrape = self.output.scrape_config
+        if scrape is not None and scrape.targets_from == "HTTPSD":
+            labels = {**scrape.labels, **base}
+            planned.append(self._http_sd_object(labels, served=count_targets(groups)))
+        elif scrape is not None:
+            labels = {**scrape.labels, **base}
             for name, members in scrape_config_shards(
                 groups,
-                output=self.output.scrape_config,
+                output=scrape,
                 previous=self._shards.get("ScrapeConfig") or None,
             ):
                 planned.append(_Planned("ScrapeConfig", name, labels, members))
         return planned
+
+    def _http_sd_object(self, labels: Mapping[str, str], *, served: int) -> _Planned:
+        """The one ScrapeConfig of the HTTP SD form: the user's settings and the operator's URL."""
+        scrape = self.output.scrape_config
+        assert scrape is not None
+        assert self.http_sd_base is not None, "the runner refuses HTTPSD without it"
+        url = http_sd_url(self.http_sd_base, namespace=self.ref.namespace, name=self.ref.name)
+        payload = http_sd_scrape_config_spec(
+            scrape_settings(scrape), url=url, http_sd=self.output.http_sd_settings
+        )
+        return _Planned("ScrapeConfig", scrape.name, labels, (), payload, served)
 
     def _payload(self, *, kind: OutputKind, name: str, members: Iterable[Target]) -> dict[str, Any]:
         if kind == "ConfigMap":
@@ -392,7 +418,8 @@ class OutputPublisher:
 
     def _describe(self, item: _Planned) -> OutputRef:
         size = self._held[item.key].size
-        return OutputRef(kind=item.kind, name=item.name, targets=len(item.members), bytes=size)
+        targets = len(item.members) if item.serves is None else item.serves
+        return OutputRef(kind=item.kind, name=item.name, targets=targets, bytes=size)
 
 
 def _is_another_object(exc: KubeError) -> bool:

@@ -1,4 +1,4 @@
-"""Output objects from a snapshot: file_sd ConfigMap shards and ScrapeConfig shards.
+"""Output objects from a snapshot: file_sd ConfigMap shards, ScrapeConfig shards, HTTP SD form.
 
 Pure functions: targets in, Kubernetes object bodies out; ``kube`` writes them. Both outputs are
 sharded so no object nears its limit (a ConfigMap holds 1 MiB; an etcd object ~1.5 MiB) and so a
@@ -8,6 +8,9 @@ reshuffling everything. K is sticky: it only changes when the current K no longe
 four times too many. A service too large for a quarter of a shard is spread by instance instead.
 When even ``maxShards`` shards cannot hold the targets, :class:`OutputTooLarge` is raised and
 the previous objects stay as they are.
+
+The HTTP SD form of a ScrapeConfig (:func:`http_sd_scrape_config_spec`) holds no targets: one
+object per ConsulDiscovery, whatever the fleet size, pointing Prometheus at the operator.
 
 ScrapeConfig labels need no rewriting: every label name the target builder emits is sanitised
 to ``[a-zA-Z0-9_]`` and starts with ``__meta_consul_``, which prometheus-operator accepts (one
@@ -22,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from consul_sd.api.spec import ConfigMapOutput, ScrapeConfigOutput
+from consul_sd.api.spec import ConfigMapOutput, HTTPSDOutput, ScrapeConfigOutput
 from consul_sd.outputs.render import render_lines
 from consul_sd.targets import Target, TargetGroup
 
@@ -35,8 +38,6 @@ SCRAPE_CONFIG_MAX_BYTES = 1024 * 1024
 
 class OutputTooLarge(Exception):
     """The targets do not fit the configured number of shards."""
-
-    reason = "OutputTooLarge"
 
 
 def shard_index(key: str, shards: int) -> int:
@@ -140,6 +141,29 @@ def scrape_config_spec(settings: Mapping[str, Any], targets: Iterable[Target]) -
     return {**settings, "staticConfigs": [static_config(t) for t in targets]}
 
 
+def http_sd_url(base: str, *, namespace: str, name: str) -> str:
+    """Where the operator serves one ConsulDiscovery's targets, under its ``--http-sd-url``."""
+    return f"{base.rstrip('/')}/targets/{namespace}/{name}"
+
+
+def http_sd_scrape_config_spec(
+    settings: Mapping[str, Any], *, url: str, http_sd: HTTPSDOutput
+) -> dict[str, Any]:
+    """A ScrapeConfig spec that fetches the targets from ``url`` (prometheus-operator's shape).
+
+    The bearer token is a reference to the Secret the operator checks requests against, so
+    the token itself is never in the object.
+    """
+    config: dict[str, Any] = {"url": url, "refreshInterval": http_sd.refresh_interval}
+    if http_sd.authorization is not None:
+        ref = http_sd.authorization.secret_ref
+        config["authorization"] = {
+            "type": "Bearer",
+            "credentials": {"name": ref.name, "key": ref.key},
+        }
+    return {**settings, "httpSDConfigs": [config]}
+
+
 def scrape_config_shards(
     groups: Mapping[str, TargetGroup],
     *,
@@ -174,7 +198,7 @@ def scrape_settings(output: ScrapeConfigOutput) -> dict[str, Any]:
     fields = output.model_dump(
         by_alias=True,
         exclude_none=True,
-        exclude={"name", "labels", "max_targets_per_object"},
+        exclude={"name", "labels", "max_targets_per_object", "targets_from"},
     )
     for key in ("relabelings", "metricRelabelings"):
         if not fields.get(key):

@@ -87,3 +87,14 @@ the operator with exactly these rules and finds no 403.
   resources: ["events"]
   verbs: ["create"]
 {{- end }}
+
+{{/*
+The base URL ScrapeConfigs in the HTTP SD form point at: httpSD.url, else the metrics Service.
+*/}}
+{{- define "consul-sd-operator.httpSDURL" -}}
+{{- if .Values.httpSD.url }}
+{{- .Values.httpSD.url | trimSuffix "/" }}
+{{- else }}
+{{- printf "http://%s-metrics.%s.svc:%v" (include "consul-sd-operator.fullname" .) .Release.Namespace .Values.service.port }}
+{{- end }}
+{{- end }}
