@@ -6,7 +6,6 @@ token of a Secret in the CR's namespace, and writes the ScrapeConfig in the HTTP
 client sees is checked over real HTTP: 200 with the discovered groups (gzip when asked), 401
 without the token, 403 with another, 404 for an unknown CR and after the CR is deleted; and
 prometheus-operator renders that ScrapeConfig into http_sd_configs with the Secret's token.
-Without ``--http-sd-url`` a second operator reports ``HTTPSDUnavailable``.
 """
 
 from __future__ import annotations
@@ -169,30 +168,6 @@ def test_the_listing_names_what_is_served_and_a_deleted_cr_becomes_404(
     eventually(
         lambda: fetch(operator, path, token=TOKEN)[0] == 404, timeout=60, what="404 after delete"
     )
-
-
-def test_without_an_http_sd_url_the_scrape_config_form_is_http_sd_unavailable(
-    api: k8s.ApiClient,
-    control_plane: ControlPlane,
-    consul_sd_crd: None,
-    namespace: str,
-    simulator: Callable[..., Simulator],
-    tmp_path: Any,
-) -> None:
-    sim = simulator(services=2, instances=1)
-    bare = Operator(control_plane, tmp_path, scope=("--namespace", namespace))
-    try:
-        create_cr(api, namespace, http_sd_cr("nourl", server=sim.address))
-
-        def unavailable() -> dict[str, Any]:
-            ready = condition(get_cr(api, namespace, "nourl"), "Ready")
-            assert ready.get("reason") == "HTTPSDUnavailable", ready
-            return ready
-
-        ready = eventually(unavailable, timeout=60, what="HTTPSDUnavailable")
-        assert "--http-sd-url" in ready["message"]
-    finally:
-        bare.stop()
 
 
 def test_prometheus_operator_renders_the_http_sd_form_with_the_token_from_the_secret(

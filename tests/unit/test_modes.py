@@ -89,6 +89,21 @@ async def test_a_failing_consul_is_asked_again_within_15s_in_every_mode(
     assert sim.counters.requests[endpoint] >= 600 / 15
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+    ("datacenter", "endpoint"), [("dc1", "catalog_services"), ("", "agent_self")]
+)
+async def test_below_15s_a_failing_consul_is_asked_again_within_the_refresh_interval(
+    sim: ConsulSimulator, mode: Mode, datacenter: str, endpoint: str
+) -> None:
+    sim.generate(services=3, instances=1, nodes=2)
+    sim.faults.error_rate = 1.0
+    query = DiscoveryQuery(mode=mode, refresh_interval=3, watch_timeout=30, datacenter=datacenter)
+    await run_for(600, sim=sim, query=query)
+    # A failing read is retried at least as often as a healthy one would be made.
+    assert sim.counters.requests[endpoint] >= 600 / 3
+
+
 async def test_a_failing_blocking_service_watch_is_asked_again_within_15s(
     sim: ConsulSimulator,
 ) -> None:

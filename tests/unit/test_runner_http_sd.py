@@ -100,6 +100,34 @@ async def test_503_before_the_first_complete_snapshot_then_served_with_the_secre
         await cancel_and_wait([task])
 
 
+class SlowSecrets(FakeKube):
+    """An apiserver that has not answered the Secret read yet."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.answer_secrets = asyncio.Event()
+
+    async def read_secret_value(self, *, namespace: str, name: str, key: str) -> str:
+        await self.answer_secrets.wait()
+        return await super().read_secret_value(namespace=namespace, name=name, key=key)
+
+
+async def test_a_cr_answers_503_not_404_while_its_credentials_are_being_read(
+    sim: ConsulSimulator,
+) -> None:
+    store = Store()
+    kube = SlowSecrets(secrets={("sd", "token"): "sd-token"})
+    task = start(kube, http_sd_spec(sim), HTTPSDServing(store=store, base_url=BASE_URL))
+    try:
+        await asyncio.sleep(10)  # the worker waits on the Secret read
+        assert store.answer() == 503
+        kube.answer_secrets.set()
+        await until(lambda: store.answer(token="sd-token") == 200)
+        assert store.answer() == 401
+    finally:
+        await cancel_and_wait([task])
+
+
 async def test_an_unchanged_token_changes_nothing_and_a_rotated_one_is_picked_up(
     sim: ConsulSimulator,
 ) -> None:
@@ -125,7 +153,8 @@ async def test_an_unusable_token_is_secret_invalid_and_nothing_is_served(
     task = start(kube, http_sd_spec(sim), HTTPSDServing(store=store, base_url=BASE_URL))
     try:
         await until(lambda: ("Warning", "SecretInvalid") in kube.events)
-        assert store.answer() == 404
+        assert store.answer() == 503  # known, never served
+        assert store.answer(token="two words") == 503
         assert "two words" not in repr(kube.statuses)
     finally:
         await cancel_and_wait([task])

@@ -107,6 +107,7 @@ class KubeAPI(OutputAPI, SecretReader, StatusAPI, Protocol):
 class TargetServer(Protocol):
     """What the runner needs of :class:`consul_sd.outputs.http_sd.TargetStore`."""
 
+    def reserve(self, key: tuple[str, str]) -> None: ...
     def expect(self, key: tuple[str, str], *, token: str | None) -> None: ...
     def serve(
         self, key: tuple[str, str], groups: Mapping[str, TargetGroup], *, token: str | None
@@ -153,6 +154,8 @@ class GenerationSink:
         self._ready_before = ready_before
         self.ref = ref
         self._store = serving.store if serving and spec.output.serves_http_sd else None
+        if self._store is not None:
+            self._store.reserve(store_key(ref))
         self._token: str | None = None
         self.outputs = OutputPublisher(
             kube=kube,

@@ -43,6 +43,7 @@ async def run_auto(
         publish=publish,
         mode=None,
         client=client,
+        refresh_interval=query.refresh_interval,
     )
     mode = choose_mode(matched=len(names), current=None, query=query)
     groups: Mapping[str, TargetGroup] = dict(seed or {})

@@ -143,7 +143,7 @@ async def _watch_catalog(
 ) -> None:
     loop = asyncio.get_running_loop()
     index = 0
-    backoff = error_backoff()
+    backoff = error_backoff(refresh_interval=query.refresh_interval)
     while True:
         started = loop.time()
         try:
@@ -220,7 +220,7 @@ async def watch_service(
     """One service's long-poll loop: publish on a new index, keep targets on errors."""
     loop = asyncio.get_running_loop()
     index = 0
-    backoff = error_backoff()
+    backoff = error_backoff(refresh_interval=query.refresh_interval)
     # Spread the watches' periodic full reads over the interval instead of one wave.
     resynced = loop.time() - JITTER.uniform(0, query.resync_interval)
     while True:

@@ -2,8 +2,9 @@
 the bounded fan-out that keeps each service's failure as its result.
 
 - Errors back off with jitter (:func:`error_backoff`), from :data:`ERROR_BACKOFF_BASE` up to
-  :data:`ERROR_BACKOFF_CAP` in every mode and every loop (a catalog, a service, the datacenter
-  lookup), so a failing Consul is asked again within 15 s whatever ``refreshInterval`` says.
+  ``refreshInterval`` and never past :data:`ERROR_BACKOFF_CAP`, in every mode and every loop (a
+  catalog, a service, the datacenter lookup): a failing Consul is asked again at least as
+  often as a healthy one would be read, and within 15 s whatever ``refreshInterval`` says.
 - :func:`until_answered` retries a read that discovery cannot start without (the datacenter,
   Auto's first count), publishing each failure so the status shows why nothing is discovered.
 - :func:`fetch_all` fetches many services with at most ``maxConcurrent`` requests in flight.
@@ -33,9 +34,9 @@ ERROR_BACKOFF_BASE = 1.0
 ERROR_BACKOFF_CAP = 15.0
 
 
-def error_backoff() -> Backoff:
+def error_backoff(*, refresh_interval: float) -> Backoff:
     """A fresh backoff for one loop's Consul errors (the same bounds in every mode)."""
-    return Backoff(base=ERROR_BACKOFF_BASE, cap=ERROR_BACKOFF_CAP)
+    return Backoff(base=ERROR_BACKOFF_BASE, cap=min(ERROR_BACKOFF_CAP, refresh_interval))
 
 
 async def until_answered(
@@ -44,6 +45,7 @@ async def until_answered(
     publish: Publish,
     mode: EffectiveMode | None,
     client: ConsulClient,
+    refresh_interval: float,
 ) -> _T:
     """``read()`` until Consul answers; each failure is published, then backed off.
 
@@ -51,7 +53,7 @@ async def until_answered(
     :func:`~consul_sd.discovery.snapshots.cold_failure`); ``mode`` is ``None`` while Auto has
     not chosen yet.
     """
-    backoff = error_backoff()
+    backoff = error_backoff(refresh_interval=refresh_interval)
     while True:
         try:
             return await read()

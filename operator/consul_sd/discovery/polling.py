@@ -10,9 +10,9 @@ Indexes are trusted only while nothing says Consul may have lost them: a catalog
 request that found Consul unreachable, and the periodic full resync (``resyncInterval``) all
 forget them, and the next cycle reads and decodes every service.
 
-A catalog failure publishes the last known targets, never as complete, and backs off (up to
-:data:`~.failures.ERROR_BACKOFF_CAP`, as in every mode); a failed service keeps its targets. The
-snapshot's ``duration`` is the cycle's.
+A catalog failure publishes the last known targets, never as complete, and backs off (up to the
+refresh interval and at most :data:`~.failures.ERROR_BACKOFF_CAP`, as in every mode); a failed
+service keeps its targets. The snapshot's ``duration`` is the cycle's.
 """
 
 from __future__ import annotations
@@ -73,12 +73,14 @@ class _Plan:
 class _Polling:
     """What Polling carries from one cycle to the next."""
 
-    def __init__(self, *, seed: Mapping[str, TargetGroup] | None, now: float) -> None:
+    def __init__(
+        self, *, seed: Mapping[str, TargetGroup] | None, now: float, refresh_interval: float
+    ) -> None:
         self.known: dict[str, TargetGroup] = dict(seed or {})
         self.indexes: dict[str, int] = {}
         self.clean: _CleanCycle | None = None
         self.resynced = now
-        self.backoff = error_backoff()
+        self.backoff = error_backoff(refresh_interval=refresh_interval)
 
     def forget_indexes(self) -> None:
         """Trust no index: the next cycle fetches and decodes every service, whatever the gate."""
@@ -170,7 +172,7 @@ async def poll_services(
     (none on a quiet fleet); any doubt fetches them all.
     """
     loop = asyncio.get_running_loop()
-    state = _Polling(seed=seed, now=loop.time())
+    state = _Polling(seed=seed, now=loop.time(), refresh_interval=query.refresh_interval)
     while True:
         started = loop.time()
         state.resync_if_due(now=started, interval=query.resync_interval)

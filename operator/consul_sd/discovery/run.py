@@ -88,6 +88,7 @@ async def _with_datacenter(
         publish=publish,
         mode=mode,
         client=client,
+        refresh_interval=query.refresh_interval,
     )
     return replace(query, datacenter=datacenter)
 

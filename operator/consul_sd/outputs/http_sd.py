@@ -70,6 +70,8 @@ class Served:
     body: bytes | None = None
     gzipped: bytes | None = None
     targets: int = 0
+    # Reserved before its token is known (an operator starting): 503 to every request.
+    reserved: bool = False
 
 
 def path_of(key: Key) -> str:
@@ -81,6 +83,15 @@ class TargetStore:
 
     def __init__(self) -> None:
         self._served: dict[Key, Served] = {}
+
+    def reserve(self, key: Key) -> None:
+        """Answer 503 for ``key`` from now on, before its token is known, unless it is served.
+
+        The port opens before each CR's credentials are read: a CR that is known to ask for HTTP
+        SD answers "not yet" rather than "unknown" (404) in between.
+        """
+        if key not in self._served:
+            self._served[key] = Served(token=None, reserved=True)
 
     def expect(self, key: Key, *, token: str | None) -> None:
         """Serve ``key`` (503 until :meth:`serve`); a served body stays, only the token changes."""
@@ -206,6 +217,10 @@ def answer(request: web.Request, store: TargetStore, key: Key) -> web.Response:
     served = store.lookup(key)
     if served is None:
         return _text(404, f"consul-sd: {key[0]}/{key[1]}: not served here")
+    if served.reserved:
+        return _text(
+            503, f"consul-sd: {key[0]}/{key[1]}: not ready (its credentials are not read yet)"
+        )
     if (refused := _refused(request, served.token)) is not None:
         return refused
     if served.body is None or served.gzipped is None:
