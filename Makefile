@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml simulator/pyproject.toml | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: venv lint test test-unit generate bins cluster cluster-down demo demo-down bench bench-field-report bench-discover-once bench-churn clean
+.PHONY: venv lint test test-unit generate bins cluster cluster-down demo demo-down bench bench-field-report bench-discover-once bench-churn bench-http-sd clean
 
 # The Consul simulator (simulator/, distribution consul-sd-simulator) is a test and benchmark
 # dependency installed here, in the same pip command as the product so one resolver sees both.
@@ -64,6 +64,11 @@ bench-discover-once: venv
 
 # Health churn at 7000 services (a check flips every 10 s), 3 runs, 270 s windows (~70 minutes):
 # the steady cost to Consul once the change gate narrows a moved checks index.
+# The three output forms side by side at 7000 x 3 on real prometheus-operator and Prometheus
+# (~10 minutes; see docs/benchmarks.md, "Delivery at scale").
+bench-http-sd: venv
+	$(BIN)/python -m benchmarks.http_sd_delivery $(BENCH_ARGS)
+
 bench-churn: venv
 	$(BIN)/python -m benchmarks.field_report --services 7000 --anchor-runs 3 \
 		--systems prometheus,blocking,polling-100,prometheus-file --window 270 \
