@@ -228,6 +228,9 @@ class Store:
     def __init__(self) -> None:
         self.forgotten: list[tuple[str, str]] = []
 
+    def reserve(self, key: tuple[str, str]) -> None:
+        raise AssertionError("the daemon never registers a CR; its runner does")
+
     def expect(self, key: tuple[str, str], *, token: str | None) -> None:
         raise AssertionError("the daemon never registers a CR; its runner does")
 
