@@ -41,12 +41,18 @@ from typing import Any
 
 import yaml
 from kubernetes import client as k8s
-from tests.e2e.operator_harness import CRD_FILE, Operator, Simulator, api_client, create_cr
+from tests.e2e.operator_harness import (
+    CRD_FILE,
+    Operator,
+    Simulator,
+    api_client,
+    create_cr,
+    create_prometheus_cr,
+)
 from tests.e2e.prometheus_delivery import (
     POOL_RELOADS,
     RELOAD_TIMESTAMP,
     ConfigMirror,
-    create_prometheus_cr,
     discovery_body,
     metric_samples,
     metric_value,

@@ -348,9 +348,9 @@ def test_the_network_policy_admits_only_the_listed_clients_to_the_targets_port()
     ]
 
 
-def test_a_network_policy_without_clients_closes_the_targets_port() -> None:
-    policy = one(manifests({"networkPolicy": {"enabled": True}}), "NetworkPolicy")
-    assert policy["spec"]["ingress"] == [{"ports": [{"port": 8080, "protocol": "TCP"}]}]
+def test_a_network_policy_without_clients_is_refused_rather_than_closing_the_port() -> None:
+    with pytest.raises(helm.HelmRenderError, match=r"networkPolicy\.allowedClients"):
+        render({"networkPolicy": {"enabled": True}})
 
 
 def test_an_existing_service_account_must_be_named() -> None:

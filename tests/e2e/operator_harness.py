@@ -259,3 +259,19 @@ def create_cr(api: k8s.ApiClient, namespace: str, body: dict[str, Any]) -> None:
     k8s.CustomObjectsApi(api).create_namespaced_custom_object(
         GROUP, VERSION, namespace, PLURAL, body
     )
+
+
+def create_prometheus_cr(api: k8s.ApiClient, namespace: str) -> None:
+    """A Prometheus CR ``main`` selecting the ScrapeConfigs labelled ``prometheus: main``."""
+    k8s.CustomObjectsApi(api).create_namespaced_custom_object(
+        "monitoring.coreos.com",
+        "v1",
+        namespace,
+        "prometheuses",
+        {
+            "apiVersion": "monitoring.coreos.com/v1",
+            "kind": "Prometheus",
+            "metadata": {"name": "main"},
+            "spec": {"scrapeConfigSelector": {"matchLabels": {"prometheus": "main"}}},
+        },
+    )

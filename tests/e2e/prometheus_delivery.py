@@ -222,21 +222,6 @@ def scrape_configs(api: k8s.ApiClient, namespace: str, name: str) -> list[dict[s
     return items
 
 
-def create_prometheus_cr(api: k8s.ApiClient, namespace: str) -> None:
-    k8s.CustomObjectsApi(api).create_namespaced_custom_object(
-        "monitoring.coreos.com",
-        "v1",
-        namespace,
-        "prometheuses",
-        {
-            "apiVersion": "monitoring.coreos.com/v1",
-            "kind": "Prometheus",
-            "metadata": {"name": "main"},
-            "spec": {"scrapeConfigSelector": {"matchLabels": {"prometheus": "main"}}},
-        },
-    )
-
-
 def reload_state(prometheus: Prometheus) -> dict[str, float]:
     samples = metric_samples(prometheus)
     return {

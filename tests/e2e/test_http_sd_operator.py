@@ -30,6 +30,7 @@ from tests.e2e.operator_harness import (
     Simulator,
     condition,
     create_cr,
+    create_prometheus_cr,
     eventually,
     get_cr,
     sample_cr,
@@ -181,18 +182,7 @@ def test_prometheus_operator_renders_the_http_sd_form_with_the_token_from_the_se
     create_token_secret(api, namespace)
     create_cr(api, namespace, http_sd_cr("po", server=sim.address))
     eventually(lambda: served(operator, f"/targets/{namespace}/po"), what="the served targets")
-    k8s.CustomObjectsApi(api).create_namespaced_custom_object(
-        "monitoring.coreos.com",
-        "v1",
-        namespace,
-        "prometheuses",
-        {
-            "apiVersion": "monitoring.coreos.com/v1",
-            "kind": "Prometheus",
-            "metadata": {"name": "main"},
-            "spec": {"scrapeConfigSelector": {"matchLabels": {"prometheus": "main"}}},
-        },
-    )
+    create_prometheus_cr(api, namespace)
 
     def rendered() -> dict[str, Any]:
         secret = k8s.CoreV1Api(api).read_namespaced_secret("prometheus-main", namespace)

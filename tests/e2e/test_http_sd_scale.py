@@ -40,14 +40,13 @@ import pytest
 import yaml
 from kubernetes import client as k8s
 
-from tests.e2e.operator_harness import CRD_FILE, REPO, Simulator, create_cr
+from tests.e2e.operator_harness import CRD_FILE, REPO, Simulator, create_cr, create_prometheus_cr
 from tests.e2e.prometheus_delivery import (
     POOL_RELOADS,
     RELOAD_OK,
     RELOAD_TIMESTAMP,
     ConfigMirror,
     RenderedConfig,
-    create_prometheus_cr,
     discovery_body,
     metric_samples,
     metric_value,

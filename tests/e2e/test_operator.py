@@ -23,6 +23,7 @@ from tests.e2e.operator_harness import (
     Simulator,
     condition,
     create_cr,
+    create_prometheus_cr,
     eventually,
     get_cr,
     sample_cr,
@@ -313,18 +314,7 @@ def test_prometheus_operator_renders_our_targets_into_its_config_secret(
     }
     create_cr(api, namespace, body)
     eventually(lambda: ready(api, namespace, "po"), what="Ready=True")
-    custom(api).create_namespaced_custom_object(
-        "monitoring.coreos.com",
-        "v1",
-        namespace,
-        "prometheuses",
-        {
-            "apiVersion": "monitoring.coreos.com/v1",
-            "kind": "Prometheus",
-            "metadata": {"name": "main"},
-            "spec": {"scrapeConfigSelector": {"matchLabels": {"prometheus": "main"}}},
-        },
-    )
+    create_prometheus_cr(api, namespace)
 
     def rendered() -> str:
         secret = k8s.CoreV1Api(api).read_namespaced_secret("prometheus-main", namespace)

@@ -263,3 +263,29 @@ async def test_an_exiting_operator_keeps_serving_what_it_has_until_it_stops(
     await asyncio.sleep(3)
     await daemon.stop(kopf.DaemonStoppingReason.OPERATOR_EXITING)
     assert store.forgotten == []
+
+
+class SlowTeardown(Runners):
+    """A runner whose cancellation takes 3 s (a gzip of a large body, a slow session close)."""
+
+    async def __call__(self, **kwargs: Any) -> None:
+        try:
+            await super().__call__(**kwargs)
+        except asyncio.CancelledError:
+            await asyncio.sleep(3)
+            raise
+
+
+async def test_a_deleted_cr_is_forgotten_even_when_kopf_cancels_the_daemon_during_teardown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store = Store()
+    daemon = Daemon(SlowTeardown(), monkeypatch, serving=HTTPSDServing(store=store))
+    await asyncio.sleep(3)
+    daemon.stopped.reason = kopf.DaemonStoppingReason.RESOURCE_DELETED
+    daemon.stopped.set()
+    await asyncio.sleep(2.0)  # kopf: cancellation_backoff, then task.cancel()
+    daemon.task.cancel()
+    await asyncio.gather(daemon.task, return_exceptions=True)
+    await asyncio.sleep(5)
+    assert store.forgotten == [("monitoring", "fleet")], "a deleted CR stays served forever"

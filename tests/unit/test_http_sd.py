@@ -27,7 +27,7 @@ from consul_sd.outputs.http_sd import (
     stop_target_server,
 )
 from consul_sd.outputs.render import render_file_sd
-from consul_sd.targets import Target, TargetGroup
+from consul_sd.targets import Target, TargetGroup, group_targets
 
 KEY = ("monitoring", "fleet")
 PATH = "/targets/monitoring/fleet"
@@ -291,3 +291,33 @@ async def test_an_idle_keep_alive_connection_does_not_hold_the_stop() -> None:
         async with session.get(f"http://127.0.0.1:{running.port}/healthz") as response:
             assert response.status == 200
         await stop_target_server(running)
+
+
+async def raw(port: int, request: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    await writer.drain()
+    data = await asyncio.wait_for(reader.read(65536), 5)
+    writer.close()
+    return data
+
+
+async def test_a_non_utf8_bearer_token_is_refused_403_not_a_500_with_a_logged_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = TargetStore()
+    groups = {"web": group_targets([Target.of("10.0.0.1:80", {"__meta_consul_service": "web"})])}
+    store.serve(("ns", "cr"), groups, token="right-token")
+    server = await start_target_server(store, host="127.0.0.1", port=0, app_kind="operator")
+    try:
+        with caplog.at_level(logging.ERROR):
+            answer = await raw(
+                server.port,
+                b"GET /targets/ns/cr HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\n"
+                b"Connection: close\r\n\r\n",
+            )
+    finally:
+        await stop_target_server(server)
+    status = answer.split(b"\r\n", 1)[0]
+    assert b"403" in status or b"401" in status, status
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

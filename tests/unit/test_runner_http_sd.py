@@ -239,3 +239,65 @@ async def test_switching_from_static_targets_serves_them_before_a_static_shard_i
     finally:
         await cancel_and_wait([second])
     assert answers_at_deletes == [200]
+
+
+async def test_a_token_added_whose_secret_is_missing_never_serves_the_targets_without_it(
+    sim: ConsulSimulator,
+) -> None:
+    store = Store()
+    kube = FakeKube()  # no Secret "sd"
+    serving = HTTPSDServing(store=store, base_url=BASE_URL)
+    first = start(kube, http_sd_spec(sim, token=False), serving)
+    await until(lambda: store.answer() == 200)
+    await cancel_and_wait([first])
+    # The user now protects the endpoint, but the Secret is not there (yet).
+    second = start(kube, http_sd_spec(sim, token=True), serving, generation=2)
+    try:
+        await until(lambda: ("Warning", "SecretNotFound") in kube.events)
+        await asyncio.sleep(120)
+        assert store.answer() == 503  # never the targets without the token the spec requires
+    finally:
+        await cancel_and_wait([second])
+
+
+async def test_a_deleted_token_secret_stops_the_old_token_from_reading_targets(
+    sim: ConsulSimulator,
+) -> None:
+    store = Store()
+    kube = FakeKube(secrets={("sd", "token"): "leaked"})
+    task = start(kube, http_sd_spec(sim), HTTPSDServing(store=store, base_url=BASE_URL))
+    try:
+        await until(lambda: store.answer(token="leaked") == 200)
+        del kube.secrets[("sd", "token")]  # revoke
+        await until(lambda: ("Warning", "SecretNotFound") in kube.events)
+        await asyncio.sleep(300)
+        assert store.answer(token="leaked") == 503  # a revoked token reads nothing
+    finally:
+        await cancel_and_wait([task])
+
+
+async def test_switching_back_to_static_keeps_serving_until_the_static_shards_are_written(
+    sim: ConsulSimulator,
+) -> None:
+    store = Store()
+    kube = FakeKube()
+    serving = HTTPSDServing(store=store, base_url=BASE_URL)
+    http = http_sd_spec(sim, token=False, scrapeConfig={"name": "sc", "targetsFrom": "HTTPSD"})
+    first = start(kube, http, serving)
+    await until(lambda: ("ScrapeConfig", "sc") in kube.objects and store.answer() == 200)
+    await cancel_and_wait([first])
+    sim.faults.fail_services = set(sim.catalog.service_names())  # Consul trouble meanwhile
+    static = http_sd_spec(sim, token=False, scrapeConfig={"name": "sc"})
+    second = start(kube, static, serving, generation=2)
+    try:
+        await asyncio.sleep(60)
+        assert ("ScrapeConfig", "sc") in kube.objects  # the HTTP SD object still in place...
+        assert store.answer() == 200  # ...and its URL still answers: never a 404 meanwhile
+    finally:
+        await cancel_and_wait([second])
+
+
+def test_the_served_entry_repr_does_not_show_the_token() -> None:
+    store = TargetStore()
+    store.expect(KEY, token="s3cr3t-token")
+    assert "s3cr3t-token" not in repr(store.lookup(KEY))

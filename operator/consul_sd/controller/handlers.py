@@ -126,11 +126,15 @@ async def run_consul_discovery(
                 runner = _start(memo, ref=ref, generation=generation, spec=spec, status=status)
             await stopped.wait(GENERATION_POLL_SECONDS)
     finally:
-        await _stop(runner)
-        if (serving := memo.get("serving")) is not None and not _operator_stops(stopped):
-            serving.store.forget(store_key(ref))  # deleted, or no longer handled: 404
-        metrics.forget(namespace, name)
-        PROGRESS.forget(f"{namespace}/{name}")
+        try:
+            await _stop(runner)
+        finally:
+            # Even when kopf cancels this daemon during the teardown: a deleted CR is never
+            # served on. The runner is cancelled by then, and serving is synchronous.
+            if (serving := memo.get("serving")) is not None and not _operator_stops(stopped):
+                serving.store.forget(store_key(ref))  # deleted, or no longer handled: 404
+            metrics.forget(namespace, name)
+            PROGRESS.forget(f"{namespace}/{name}")
 
 
 def _operator_stops(stopped: kopf.DaemonStopped) -> bool:

@@ -154,8 +154,9 @@ class GenerationSink:
         self._ready_before = ready_before
         self.ref = ref
         self._store = serving.store if serving and spec.output.serves_http_sd else None
-        if self._store is not None:
-            self._store.reserve(store_key(ref))
+        # A generation that stops asking for HTTP SD: what an earlier one served stays until
+        # this one's outputs are written, so the ScrapeConfig pointing at it never sees a 404.
+        self._forget_after_write = serving.store if serving and self._store is None else None
         self._token: str | None = None
         self.outputs = OutputPublisher(
             kube=kube,
@@ -186,6 +187,15 @@ class GenerationSink:
                 outputs=self.outputs.outputs,
             )
 
+    def lock(self) -> None:
+        """503 to every request until :meth:`expect` gives this start's token.
+
+        A start that cannot read its token (a Secret deleted or not created yet) thus revokes
+        the previous one, and a generation that adds a token never serves without it.
+        """
+        if self._store is not None:
+            self._store.reserve(store_key(self.ref))
+
     def expect(self, token: str | None) -> None:
         """A worker starts: register the CR (503 until complete) with the token it read."""
         if self._store is not None:
@@ -207,6 +217,9 @@ class GenerationSink:
             if synced:
                 problem = await self.outputs.write(snapshot.groups)
                 synced = problem is None
+                if synced and self._forget_after_write is not None:
+                    self._forget_after_write.forget(store_key(self.ref))  # now: 404
+                    self._forget_after_write = None
                 if synced:
                     self.written = Written(
                         targets=snapshot.targets,
@@ -273,8 +286,6 @@ async def run_generation(
         logger.warning("%s: %s", _key(ref), unavailable)
         await _stay_blocked(reporter, Problem(REASON_HTTP_SD_UNAVAILABLE, unavailable))
         return
-    if serving is not None and not spec.output.serves_http_sd:
-        serving.store.forget(store_key(ref))  # this generation no longer asks for it: 404
     sink = GenerationSink(
         kube=kube,
         ref=ref,
@@ -348,6 +359,7 @@ async def _run_worker(
         await sink.resume()
         if not sink.published:
             await sink.report_blocked(None)  # Progressing: the first discovery is under way
+    sink.lock()  # until this start's token is known, nobody reads the targets (nor an old token)
     resolved = await _credentials(kube=kube, ref=ref, spec=spec, reread=reread)
     sink.expect(resolved.http_sd_token)
     query = DiscoveryQuery.from_spec(spec)

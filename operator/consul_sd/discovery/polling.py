@@ -48,7 +48,8 @@ class _CleanCycle:
     retry could change: its answers are what the gate's indexes describe. ``recheck`` are the
     services whose answers carried an index past the gate: they saw a change made during the
     cycle, which the next gate may not show (a check failing and recovering between two gates
-    leaves the unhealthy set as it was), so the next cycle asks them again.
+    leaves the unhealthy set as it was), so the next cycle asks them again, as it asks the
+    services in ``failed`` (permanent failures, which may heal without moving an index).
     """
 
     gate: ChangeGate
@@ -61,8 +62,8 @@ class _CleanCycle:
 class _Plan:
     """One cycle's work: the services to fetch, and what the others carry over unchanged.
 
-    ``failed`` and ``groups`` start with what the services not fetched carry over (their last
-    targets, their permanent failures); :meth:`_Polling.record` adds the fetched ones' answers.
+    ``groups`` starts with what the services not fetched carry over (their last targets);
+    :meth:`_Polling.record` adds the fetched ones' answers and failures.
     """
 
     fetch: list[str]
@@ -111,11 +112,13 @@ class _Polling:
         if narrowed is None or clean is None:
             return _Plan(fetch=names, failed={}, groups={})
         # Nothing to fetch (a quiet fleet) goes through here too: an empty fetch republishes
-        # what is known and, if clean, becomes the new gate baseline.
-        narrowed |= clean.recheck
+        # what is known and, if clean, becomes the new gate baseline. A service that failed
+        # permanently is asked again every cycle: "permanent" is only what one answer said (a
+        # proxy's truncated body heals without moving any index the gate reads).
+        narrowed |= clean.recheck | set(clean.failed)
         return _Plan(
             fetch=[name for name in names if name in narrowed],
-            failed={name: e for name, e in clean.failed.items() if name not in narrowed},
+            failed={},
             groups={name: self.known[name] for name in names if name in self.known},
         )
 

@@ -30,7 +30,7 @@ import hmac
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from aiohttp import web
@@ -60,17 +60,19 @@ JSON = "application/json"
 # Level 6: within a few percent of 9 on this JSON, several times faster on a 13 MiB body.
 GZIP_LEVEL = 6
 SHUTDOWN_TIMEOUT = 5.0
+KEEPALIVE_SECONDS = 75.0
 
 
 @dataclass(frozen=True)
 class Served:
     """What one discovery answers: its token, and its bodies once a snapshot is complete."""
 
-    token: str | None
-    body: bytes | None = None
-    gzipped: bytes | None = None
+    # Never in a repr: the token is a credential, the bodies are megabytes.
+    token: str | None = field(repr=False)
+    body: bytes | None = field(default=None, repr=False)
+    gzipped: bytes | None = field(default=None, repr=False)
     targets: int = 0
-    # Reserved before its token is known (an operator starting): 503 to every request.
+    # Locked until this start's token is known: 503 to every request, the body kept.
     reserved: bool = False
 
 
@@ -85,13 +87,18 @@ class TargetStore:
         self._served: dict[Key, Served] = {}
 
     def reserve(self, key: Key) -> None:
-        """Answer 503 for ``key`` from now on, before its token is known, unless it is served.
+        """Answer 503 to every request for ``key`` until :meth:`expect` gives its token.
 
-        The port opens before each CR's credentials are read: a CR that is known to ask for HTTP
-        SD answers "not yet" rather than "unknown" (404) in between.
+        Each start of a CR's worker reserves it before reading its Secrets: a CR that asks for
+        HTTP SD answers "not yet" rather than "unknown" (404) meanwhile, and a body served
+        under an earlier token (or none) is kept but not answered until the new token is known,
+        so a token added or a Secret deleted never leaves the targets readable without it.
         """
-        if key not in self._served:
+        current = self._served.get(key)
+        if current is None:
             self._served[key] = Served(token=None, reserved=True)
+        else:
+            self._served[key] = replace(current, reserved=True)
 
     def expect(self, key: Key, *, token: str | None) -> None:
         """Serve ``key`` (503 until :meth:`serve`); a served body stays, only the token changes."""
@@ -126,7 +133,7 @@ class TargetStore:
                 "namespace": key[0],
                 "name": key[1],
                 "path": path_of(key),
-                "ready": served.body is not None,
+                "ready": served.body is not None and not served.reserved,
                 "targets": served.targets,
             }
             for key, served in sorted(self._served.items())
@@ -207,7 +214,8 @@ def _refused(request: web.Request, token: str | None) -> web.Response | None:
     scheme, _, sent = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not sent.strip():
         return _text(401, "consul-sd: bearer token required", **{"WWW-Authenticate": "Bearer"})
-    if not hmac.compare_digest(sent.strip().encode(), token.encode()):
+    # surrogateescape: a header that is not UTF-8 is just another wrong token, never a 500.
+    if not hmac.compare_digest(sent.strip().encode("utf-8", "surrogateescape"), token.encode()):
         return _text(403, "consul-sd: wrong bearer token")
     return None
 
@@ -307,6 +315,9 @@ async def start_target_server(
         access_log=None,
         handle_signals=False,
         shutdown_timeout=shutdown_timeout,
+        # aiohttp's default keeps an idle connection an hour: idle clients would hold sockets
+        # the operator also needs for the apiserver and Consul. Prometheus reconnects at will.
+        keepalive_timeout=KEEPALIVE_SECONDS,
     )
     await runner.setup()
     try:
