@@ -413,6 +413,13 @@ def generation_spec(sim: ConsulSimulator, mode: str) -> dict[str, Any]:
     }
 
 
+def degraded_reason(kube: FakeKube) -> str | None:
+    if not kube.statuses:
+        return None
+    reason = condition(kube.statuses[-1], "Degraded").get("reason")
+    return str(reason) if reason is not None else None
+
+
 def held_services(kube: FakeKube) -> set[str]:
     services = set()
     for item in kube.objects.values():
@@ -451,6 +458,29 @@ async def test_a_rotated_secret_while_a_service_fails_keeps_that_services_target
         await asyncio.sleep(3 * 5)  # a few cycles of the new worker
         assert held_services(kube) == everything
         assert condition(kube.statuses[-1], "Degraded")["reason"] == "ServicesFailing"
+    finally:
+        await stop(task)
+
+
+@pytest.mark.looptime
+@pytest.mark.parametrize("mode", ["Polling", "Blocking"])
+async def test_a_write_the_apiserver_refused_lands_once_it_is_back_even_on_a_quiet_fleet(
+    sim: ConsulSimulator, mode: str
+) -> None:
+    kube = FakeKube(secrets={("consul", "token"): "token"})
+    task = asyncio.create_task(
+        run_generation(kube=kube, ref=REF, generation=1, spec_data=generation_spec(sim, mode))
+    )
+    try:
+        everything = set(sim.catalog.service_names())
+        await until(lambda: held_services(kube) == everything)
+        kube.refuse = lambda *_: KubeError("apiserver unreachable: ProtocolError", status=0)
+        late: dict[str, Any] = {"Node": "node-x", "Address": "10.0.0.9"}
+        late["Service"] = {"ID": "late-1", "Service": "late", "Port": 9}
+        sim.register(late)  # one change, then a quiet fleet
+        await until(lambda: degraded_reason(kube) == "OutputWriteFailed")
+        kube.refuse = lambda *_: None  # the apiserver is back; Consul has nothing new to say
+        await until(lambda: held_services(kube) == everything | {"late"}, timeout=60)
     finally:
         await stop(task)
 

@@ -82,6 +82,9 @@ from consul_sd.targets import TargetGroup, count_targets
 logger = logging.getLogger(__name__)
 
 SECRET_RECHECK_SECONDS = 60.0
+# A publication whose write failed (the apiserver away) is written again this often until it
+# lands: Blocking publishes only on a change, so a quiet fleet would otherwise never retry it.
+REWRITE_SECONDS = 10.0
 RESTART_BACKOFF_CAP = 60.0
 # A worker that ran this long before it failed starts its backoff from the beginning again.
 STABLE_RUN_SECONDS = 300.0
@@ -170,6 +173,9 @@ class GenerationSink:
         # The targets the outputs hold (last written, or read back by resume): a new worker's
         # starting point.
         self.seed: Mapping[str, TargetGroup] = {}
+        # The latest publishable snapshot whose write failed, until one lands.
+        self.unwritten: Snapshot | None = None
+        self._publishing = asyncio.Lock()  # the worker's publications and the rewrites
 
     @property
     def published(self) -> bool:
@@ -202,7 +208,16 @@ class GenerationSink:
             self._token = token
             self._store.expect(store_key(self.ref), token=token)
 
+    async def rewrite(self) -> None:
+        """Write again the latest publication whose write failed, if it is still the latest."""
+        if self.unwritten is not None:
+            await self.publish(self.unwritten)
+
     async def publish(self, snapshot: Snapshot) -> None:
+        async with self._publishing:
+            await self._publish(snapshot)
+
+    async def _publish(self, snapshot: Snapshot) -> None:
         ns, cr = self.ref.namespace, self.ref.name
         with PROGRESS.publishing(_key(self.ref)):
             # Auto publishes before it chose a mode only when Consul failed from the start.
@@ -217,6 +232,7 @@ class GenerationSink:
             if synced:
                 problem = await self.outputs.write(snapshot.groups)
                 synced = problem is None
+                self.unwritten = None if synced else snapshot
                 if synced and self._forget_after_write is not None:
                     self._forget_after_write.forget(store_key(self.ref))  # now: 404
                     self._forget_after_write = None
@@ -373,7 +389,7 @@ async def _run_worker(
         )
         try:
             return await _until_credentials_change(
-                kube=kube, ref=ref, spec=spec, fingerprint=resolved.fingerprint, worker=worker
+                kube=kube, sink=sink, spec=spec, fingerprint=resolved.fingerprint, worker=worker
             )
         finally:
             await cancel_and_wait([worker])
@@ -406,18 +422,28 @@ def _http_sd_secret(spec: ConsulDiscoverySpec) -> SecretKeyRef | None:
 async def _until_credentials_change(
     *,
     kube: KubeAPI,
-    ref: DiscoveryRef,
+    sink: GenerationSink,
     spec: ConsulDiscoverySpec,
     fingerprint: str,
     worker: asyncio.Task[None],
 ) -> Reread:
-    """Return what was read when the Secrets changed or vanished; raise what the worker raised."""
+    """Return what was read when the Secrets changed or vanished; raise what the worker raised.
+
+    Meanwhile a publication whose write failed is written again every :data:`REWRITE_SECONDS`.
+    """
+    ref = sink.ref
+    loop = asyncio.get_running_loop()
+    recheck_at = loop.time() + SECRET_RECHECK_SECONDS
     while True:
         # Not loops.first_done: the recheck is a timeout, not a second task to cancel.
-        done, _ = await asyncio.wait({worker}, timeout=SECRET_RECHECK_SECONDS)
+        done, _ = await asyncio.wait({worker}, timeout=REWRITE_SECONDS)
         if done:
             worker.result()
             raise RuntimeError("the discovery worker stopped")
+        await sink.rewrite()
+        if loop.time() < recheck_at:
+            continue
+        recheck_at = loop.time() + SECRET_RECHECK_SECONDS
         try:
             values = await read_secret_values(
                 kube=kube,
