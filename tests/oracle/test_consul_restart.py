@@ -159,6 +159,10 @@ class Gate:
         return f"127.0.0.1:{self.port}"
 
     def shut(self) -> None:
+        # shutdown() first: close() alone does not wake a thread blocked in accept() on Linux,
+        # and that thread would still take (and forward) one more connection while "shut".
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
         self._reset_all()
 
