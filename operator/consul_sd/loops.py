@@ -9,6 +9,8 @@
 - :func:`cancel_and_wait`: cancel tasks and wait until they have stopped, so no task outlives
   its owner and no exception escapes unretrieved.
 - :func:`first_done`: wait for whichever of some awaitables finishes first.
+- :class:`TokenBucket`: at most ``burst`` runs at once, then one per ``period``: what Consul's
+  docs advise for blocking loops (a burst of changes is followed at once, a storm is not).
 
 Pure asyncio: no Consul, no Kubernetes; every layer may use it.
 """
@@ -56,6 +58,29 @@ class Backoff:
 async def pace(*, started: float, interval: float) -> None:
     """Sleep until ``interval`` seconds after ``started`` (the running loop's clock)."""
     await asyncio.sleep(max(0.0, started + interval - asyncio.get_running_loop().time()))
+
+
+class TokenBucket:
+    """Allow a burst of ``burst`` runs, then one per ``period`` seconds (the loop's clock)."""
+
+    __slots__ = ("burst", "period", "tokens", "updated")
+
+    def __init__(self, *, burst: int, period: float) -> None:
+        self.burst = burst
+        self.period = period
+        self.tokens = float(burst)
+        self.updated: float | None = None
+
+    async def take(self) -> None:
+        """Wait for a token and spend it."""
+        now = asyncio.get_running_loop().time()
+        if self.updated is not None:
+            self.tokens = min(self.burst, self.tokens + (now - self.updated) / self.period)
+        self.updated = now
+        if self.tokens < 1:
+            await asyncio.sleep((1 - self.tokens) * self.period)
+            self.tokens, self.updated = 1.0, asyncio.get_running_loop().time()
+        self.tokens -= 1
 
 
 async def cancel_and_wait(tasks: Iterable[asyncio.Future[Any]]) -> None:

@@ -72,7 +72,7 @@ async def narrowed(agent: ConsulAgent, *, before: ChangeGate) -> tuple[set[str] 
         changed = await changed_services(
             before=before, now=now, query=DiscoveryQuery(datacenter="dc1"), client=client
         )
-    return changed, now
+    return (None if changed is None else changed.services), now
 
 
 async def test_the_polling_gate_names_the_services_a_change_touches_on_a_real_agent(

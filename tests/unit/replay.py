@@ -14,8 +14,6 @@ from typing import Any
 
 from aiohttp import web
 
-from consul_sd.consul.client import UNHEALTHY_CHECKS_FILTER
-
 INDEX = 100
 
 
@@ -36,7 +34,7 @@ class ReplayConsul:
         app.router.add_get("/v1/agent/self", self._agent_self)
         app.router.add_get("/v1/catalog/services", self._services)
         app.router.add_get("/v1/health/service/{name}", self._health)
-        app.router.add_get("/v1/health/state/any", self._unhealthy_checks)
+        app.router.add_get("/v1/health/state/{state}", self._unhealthy_checks)
         app.router.add_get("/v1/catalog/nodes", self._empty_table)
         app.router.add_route("*", "/{tail:.*}", self._unknown)
         self._runner = web.AppRunner(app)
@@ -92,7 +90,7 @@ class ReplayConsul:
     async def _unhealthy_checks(self, request: web.Request) -> web.Response:
         """The polling change gate reads the checks that are not passing: none were recorded."""
         self.requests.append(request.path_qs)
-        if request.query.get("filter") != UNHEALTHY_CHECKS_FILTER:
+        if request.match_info["state"] not in ("critical", "warning"):
             return await self._unknown(request)
         return self._answer([])
 

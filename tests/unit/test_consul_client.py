@@ -161,7 +161,7 @@ def test_unexpected_shapes_are_bad_responses(answer: Any, message: str) -> None:
     ],
 )
 def test_unexpected_check_rows_are_bad_responses(answer: Any, message: str) -> None:
-    with pytest.raises(ConsulBadResponse, match=f"/v1/health/state/any: .*{message}"):
+    with pytest.raises(ConsulBadResponse, match=f"/v1/health/state: .*{message}"):
         parse_check_states(answer)
 
 

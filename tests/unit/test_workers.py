@@ -19,7 +19,7 @@ from consul_sd.consul.client import ConsulClient, RetryPolicy
 from consul_sd.consul.endpoint import ConsulEndpoint
 from consul_sd.consul.errors import ConsulACLDenied
 from consul_sd.discovery.auto import choose_mode
-from consul_sd.discovery.blocking import index_went_back, next_index
+from consul_sd.discovery.failures import index_went_back, next_index
 from consul_sd.discovery.gate import ChangeGate, changed_services
 from consul_sd.discovery.query import DiscoveryQuery
 from consul_sd.discovery.run import discover_once, run_discovery
@@ -412,7 +412,9 @@ async def test_every_mode_publishes_the_same_targets_for_the_same_state(
 # ------------------------------------------------------------------------- Polling change gate
 
 
-async def test_an_unchanged_consul_costs_three_requests_per_cycle(sim: ConsulSimulator) -> None:
+async def test_an_unchanged_consul_costs_four_small_requests_per_cycle(
+    sim: ConsulSimulator,
+) -> None:
     sim.generate(services=50, instances=2, nodes=5)
     recorder = Recorder()
     query = DiscoveryQuery(mode="Polling", refresh_interval=10, datacenter="dc1")
@@ -423,7 +425,8 @@ async def test_an_unchanged_consul_costs_three_requests_per_cycle(sim: ConsulSim
         second = await recorder.next()
         await stop(task)
     assert sim.counters.requests.get("health_service", 0) == 0
-    assert sum(sim.counters.requests.values()) == 3
+    # The catalog list, the critical and the warning checks, the nodes index.
+    assert sum(sim.counters.requests.values()) == 4
     assert second.complete
     assert second.groups == first.groups
 

@@ -373,7 +373,8 @@ class ConsulDiscoverySpec(_Model):
     selector: Selector = Field(default_factory=Selector)
     mode: Mode = Field(
         default="Auto",
-        description="Blocking below 1000 matched services, Polling at or above (Auto).",
+        description="Auto: Blocking while every matched service can hold its own long-poll "
+        "(at most maxConcurrent) when wakeOnChange is on, else below 1000; Polling above.",
     )
     refresh_interval: Duration = Field(
         default="30s",
@@ -394,6 +395,13 @@ class ConsulDiscoverySpec(_Model):
     )
     watch_timeout: Duration = Field(
         default="2m", description="Blocking query wait; Consul caps it at 10m."
+    )
+    wake_on_change: bool = Field(
+        default=True,
+        description="Polling: hold four long-polls on Consul's services, checks and nodes tables "
+        "and run a cycle as soon as one moves, fetching only the services the change names; "
+        "a change no table names (an instance's port, address, meta or tags edited) is read by "
+        "a full cycle at most refreshInterval later. False: a cycle every refreshInterval.",
     )
     resync_interval: Duration = Field(
         default="10m",

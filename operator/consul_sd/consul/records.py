@@ -88,8 +88,8 @@ def parse_service_list(data: Any) -> dict[str, tuple[str, ...]]:
 
 
 def parse_check_states(data: Any) -> frozenset[CheckState]:
-    """/v1/health/state/any rows as :class:`CheckState` records, strictly checked."""
-    where = "/v1/health/state/any"
+    """/v1/health/state/STATE rows as :class:`CheckState` records, strictly checked."""
+    where = "/v1/health/state"
     if data is None:
         return frozenset()
     if not isinstance(data, list):

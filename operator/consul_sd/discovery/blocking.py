@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from consul_sd.consul.client import ConsulClient
 from consul_sd.consul.errors import ConsulError
-from consul_sd.discovery.failures import error_backoff
+from consul_sd.discovery.failures import error_backoff, index_went_back, next_index
 from consul_sd.discovery.memory import release_free_memory
 from consul_sd.discovery.query import DiscoveryQuery, fetch_target_group, list_matched_services
 from consul_sd.discovery.snapshots import Publish, Snapshot, is_complete
@@ -169,26 +169,6 @@ async def _watch_catalog(
             reconcile(names)
         index = next_index(answered)
         await pace(started=started, interval=query.refresh_interval)
-
-
-def index_went_back(*, previous: int, answered: int) -> bool:
-    """Whether a blocking answer's index is below the one asked with.
-
-    Consul's rule is to reset the index and read again. The answer itself is not applied: seen
-    on a real agent, a health long-poll parked with a token that is then deleted answers 200 with
-    index 1 and an empty body, which would otherwise replace the service's targets with nothing;
-    the plain read that follows gets the 403 instead, and the targets are kept.
-    """
-    return previous > 0 and max(answered, 1) < previous
-
-
-def next_index(answered: int) -> int:
-    """The index to ask with after an answer that did not go back (see :func:`index_went_back`).
-
-    An index below 1 is asked as 1, Consul's client rule: index 0 would answer at once, and the
-    watch would spin.
-    """
-    return max(answered, 1)
 
 
 # The shortest wait a long-poll is given when slots are shared (see shared_wait).

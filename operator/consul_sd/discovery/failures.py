@@ -8,6 +8,8 @@ the bounded fan-out that keeps each service's failure as its result.
 - :func:`until_answered` retries a read that discovery cannot start without (the datacenter,
   Auto's first count), publishing each failure so the status shows why nothing is discovered.
 - :func:`fetch_all` fetches many services with at most ``maxConcurrent`` requests in flight.
+- :func:`index_went_back` and :func:`next_index`: Consul's rules for a blocking query's index
+  (an index that goes back is a restarted Consul, a restored snapshot or a lagging server).
 
 Cancellation stops every in-flight request: the loops here hold their tasks in a TaskGroup, so
 none outlives its caller. The generic idioms (:class:`~consul_sd.loops.Backoff`,
@@ -88,3 +90,23 @@ async def fetch_all(
         for _ in range(min(max_concurrent, len(names))):
             group.create_task(drain())
     return results
+
+
+def index_went_back(*, previous: int, answered: int) -> bool:
+    """Whether a blocking answer's index is below the one asked with.
+
+    Consul's rule is to reset the index and read again. The answer itself is not applied: seen
+    on a real agent, a health long-poll parked with a token that is then deleted answers 200 with
+    index 1 and an empty body, which would otherwise replace the service's targets with nothing;
+    the plain read that follows gets the 403 instead, and the targets are kept.
+    """
+    return previous > 0 and max(answered, 1) < previous
+
+
+def next_index(answered: int) -> int:
+    """The index to ask with after an answer that did not go back (see :func:`index_went_back`).
+
+    An index below 1 is asked as 1, Consul's client rule: index 0 would answer at once, and the
+    watch would spin.
+    """
+    return max(answered, 1)

@@ -4,7 +4,10 @@ The services, checks and nodes tables are every input of a /v1/health/service an
 none of their indexes moved no answer can differ and Polling skips its fetches. When only checks
 or nodes moved (health flapping, a node's address or meta), only the services on them are fetched
 again; a moved services table (an instance registered, changed or removed) fetches every service,
-as Consul has no cheaper way to say which.
+as Consul has no cheaper way to say which. With the table watches (:mod:`.tables`) the gate also
+holds the matched catalog and every node's ModifyIndex: a moved services table then fetches the
+services added or whose tags changed, and is reported *unexplained* (Polling reads everything
+within ``refreshInterval``), and a moved nodes table needs no extra read.
 
 The gate only ever narrows: any error, any index going back, any doubt (a ``healthFilter`` on
 checks, an Enterprise namespace, too many changed nodes) answers "unknown", and the cycle fetches
@@ -13,6 +16,7 @@ everything. Reads go through the client's named reads; no Consul path is built h
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from consul_sd.consul.client import ConsulClient
@@ -39,6 +43,22 @@ class ChangeGate:
     checks: int
     nodes: int
     unhealthy: frozenset[CheckState]
+    # Held by the table watches only: the matched catalog (names and tags) and every node's
+    # ModifyIndex, so a services move is narrowed by names and a nodes move needs no read.
+    catalog: Mapping[str, tuple[str, ...]] | None = None
+    node_indexes: tuple[tuple[str, int], ...] | None = None
+
+
+@dataclass(frozen=True)
+class Narrowed:
+    """The services a cycle must fetch, and whether a services move is left unexplained.
+
+    ``unexplained``: the services table moved and only the catalog list was compared, so an
+    instance added, removed or edited inside a listed service may not be among ``services``.
+    """
+
+    services: set[str]
+    unexplained: bool = False
 
 
 async def read_change_gate(
@@ -64,11 +84,12 @@ async def read_change_gate(
 
 async def changed_services(
     *, before: ChangeGate, now: ChangeGate, query: DiscoveryQuery, client: ConsulClient
-) -> set[str] | None:
+) -> Narrowed | None:
     """The services whose answers may differ between two gates; ``None`` means any of them.
 
     - services moved (an instance registered, changed or gone): any service, as Consul offers
-      no per-service index short of asking each service;
+      no per-service index short of asking each service; with the watched catalog, the services
+      added or whose tags changed, and the move reported unexplained;
     - checks moved: the services of checks that entered, left or changed the unhealthy set, and
       for a node's own checks every service on that node; any service when ``healthFilter``
       reads checks (a passing check can change what it keeps) or a namespace is set;
@@ -78,31 +99,63 @@ async def changed_services(
     Node-to-service lookups ask the catalog, not the targets held, so an instance that a filter
     hid before is found too. Any error means ``None``: the cycle fetches everything.
     """
-    if now.services != before.services or now.checks < before.checks or now.nodes < before.nodes:
+    if now.services < before.services or now.checks < before.checks or now.nodes < before.nodes:
         # An index going back is a different server's older view: nothing can be narrowed.
         return None
-    changed: set[str] = set()
-    nodes: set[str] = set()
-    if now.checks != before.checks:
-        if "checks" in query.health_filter.lower() or client.endpoint.namespace not in (
-            "",
-            "default",
-        ):
-            # In an Enterprise namespace the gate sees that namespace's checks only, while a
-            # node's own checks (which live in the default one) count in every service's health.
-            return None
-        for check in before.unhealthy ^ now.unhealthy:
-            if check.service_name:
-                changed.add(check.service_name)
-            else:
-                nodes.add(check.node)
+    services_moved = now.services != before.services
+    if services_moved and (now.catalog is None or before.catalog is None):
+        return None
+    if now.checks != before.checks and not _health_narrows(query=query, client=client):
+        return None
+    changed, nodes = _unhealthy_changes(before=before, now=now)
+    if now.catalog is not None and before.catalog is not None:
+        changed |= catalog_changes(before=before.catalog, now=now.catalog)
     try:
-        if now.nodes != before.nodes:
-            listed, _ = await client.list_nodes()
-            nodes.update(name for name, modified in listed if modified > before.nodes)
+        nodes |= await _moved_nodes(before=before, now=now, client=client)
         if len(nodes) > _MAX_CHANGED_NODES:
             return None
         changed |= await client.services_on_nodes(nodes)
     except ConsulError:
         return None
-    return changed
+    return Narrowed(services=changed, unexplained=services_moved)
+
+
+def _unhealthy_changes(*, before: ChangeGate, now: ChangeGate) -> tuple[set[str], set[str]]:
+    """The services, and the nodes (a node's own check), of checks whose health changed."""
+    services: set[str] = set()
+    nodes: set[str] = set()
+    for check in before.unhealthy ^ now.unhealthy:
+        if check.service_name:
+            services.add(check.service_name)
+        else:
+            nodes.add(check.node)
+    return services, nodes
+
+
+async def _moved_nodes(*, before: ChangeGate, now: ChangeGate, client: ConsulClient) -> set[str]:
+    """The nodes whose ModifyIndex passed the previous gate (the watches' list, or a read)."""
+    if now.nodes == before.nodes:
+        return set()
+    listed = now.node_indexes
+    if listed is None:
+        listed = tuple((await client.list_nodes())[0])
+    return {name for name, modified in listed if modified > before.nodes}
+
+
+def _health_narrows(*, query: DiscoveryQuery, client: ConsulClient) -> bool:
+    """Whether a checks move can be narrowed by the unhealthy set.
+
+    Not when ``healthFilter`` reads checks (a passing check can change what it keeps), nor in an
+    Enterprise namespace: the gate sees that namespace's checks only, while a node's own checks
+    (which live in the default one) count in every service's health.
+    """
+    if "checks" in query.health_filter.lower():
+        return False
+    return client.endpoint.namespace in ("", "default")
+
+
+def catalog_changes(
+    *, before: Mapping[str, tuple[str, ...]], now: Mapping[str, tuple[str, ...]]
+) -> set[str]:
+    """Services listed now that were not before, or whose tags changed (removed ones drop out)."""
+    return {name for name, tags in now.items() if before.get(name) != tags}

@@ -3,7 +3,7 @@
 Each cycle lists the matched services, reads the change gate (:mod:`.gate`) and fetches services
 with at most ``maxConcurrent`` requests in flight (:func:`~.failures.fetch_all`). After a clean
 cycle (complete, nothing a retry could change) the gate skips or narrows the next one: a quiet
-fleet costs three small requests per cycle instead of N + 1. Within a fetch, a service whose own
+fleet costs four small requests per cycle instead of N + 1. Within a fetch, a service whose own
 index has not moved is not decoded or rebuilt.
 
 Indexes are trusted only while nothing says Consul may have lost them: a catalog failure, a
@@ -13,6 +13,13 @@ forget them, and the next cycle reads and decodes every service.
 A catalog failure publishes the last known targets, never as complete, and backs off (up to the
 refresh interval and at most :data:`~.failures.ERROR_BACKOFF_CAP`, as in every mode); a failed
 service keeps its targets. The snapshot's ``duration`` is the cycle's.
+
+With ``wakeOnChange`` the gate comes from the table watches (:mod:`.tables`) and a cycle starts
+as soon as one of them moves (cycles rate-limited by a token bucket) instead of every
+``refreshInterval``. A services move the catalog list does not explain (an instance added,
+removed or edited inside a listed service) is read by a full cycle at most ``refreshInterval``
+after it was first seen: the interval keeps its meaning, how stale a target may get. While a watch
+has no answer (starting, or failing), cycles read plainly and run every ``refreshInterval``.
 """
 
 from __future__ import annotations
@@ -34,10 +41,17 @@ from consul_sd.discovery.snapshots import (
     is_complete,
     is_permanent,
 )
-from consul_sd.loops import pace
+from consul_sd.discovery.tables import TableWatches
+from consul_sd.loops import TokenBucket, pace
 from consul_sd.targets import TargetGroup
 
 _Fetched = tuple[TargetGroup | None, int]
+# After a watch wakes, the other tables one write moved answer within milliseconds: let them land
+# so one cycle sees the whole change.
+WAKE_SETTLE_SECONDS = 0.1
+# Cycles woken by changes: two at once, then at most one per second.
+WOKEN_CYCLES_BURST = 2
+WOKEN_CYCLE_PERIOD = 1.0
 
 
 @dataclass(frozen=True)
@@ -82,6 +96,8 @@ class _Polling:
         self.clean: _CleanCycle | None = None
         self.resynced = now
         self.backoff = error_backoff(refresh_interval=refresh_interval)
+        # When a services move was first left unexplained; a full cycle is due an interval later.
+        self.unexplained_since: float | None = None
 
     def forget_indexes(self) -> None:
         """Trust no index: the next cycle fetches and decodes every service, whatever the gate."""
@@ -104,23 +120,41 @@ class _Polling:
     ) -> _Plan:
         """Every service, or only those the gate says may have changed since the clean cycle."""
         clean = self.clean
-        narrowed: set[str] | None = None
-        if gate is not None and clean is not None and names == clean.names:
+        narrowed = None
+        if (
+            gate is not None
+            and clean is not None
+            and (names == clean.names or gate.catalog is not None)
+        ):
             narrowed = await changed_services(
                 before=clean.gate, now=gate, query=query, client=client
             )
-        if narrowed is None or clean is None:
+        now = asyncio.get_running_loop().time()
+        if narrowed is not None and narrowed.unexplained and self.unexplained_since is None:
+            self.unexplained_since = now
+        if narrowed is None or clean is None or self.full_cycle_due(now=now, query=query):
+            self.unexplained_since = None  # this cycle reads everything
             return _Plan(fetch=names, failed={}, groups={})
         # Nothing to fetch (a quiet fleet) goes through here too: an empty fetch republishes
         # what is known and, if clean, becomes the new gate baseline. A service that failed
         # permanently is asked again every cycle: "permanent" is only what one answer said (a
         # proxy's truncated body heals without moving any index the gate reads).
-        narrowed |= clean.recheck | set(clean.failed)
+        fetch = narrowed.services | clean.recheck | set(clean.failed)
         return _Plan(
-            fetch=[name for name in names if name in narrowed],
+            fetch=[name for name in names if name in fetch],
             failed={},
             groups={name: self.known[name] for name in names if name in self.known},
         )
+
+    def full_cycle_due(self, *, now: float, query: DiscoveryQuery) -> bool:
+        """Whether an unexplained services move has waited its refresh interval."""
+        since = self.unexplained_since
+        return since is not None and now - since >= query.refresh_interval
+
+    def next_full_cycle(self, *, query: DiscoveryQuery) -> float | None:
+        """When the full cycle an unexplained services move asks for is due, if one is."""
+        since = self.unexplained_since
+        return None if since is None else since + query.refresh_interval
 
     def fetcher(
         self, *, names: list[str], query: DiscoveryQuery, client: ConsulClient
@@ -169,18 +203,40 @@ async def poll_services(
     publish: Publish,
     seed: Mapping[str, TargetGroup] | None = None,
 ) -> None:
-    """Polling: list, fetch every service with bounded concurrency, publish, sleep; forever.
+    """Polling: list, fetch every service with bounded concurrency, publish, wait; forever.
 
     After a clean cycle, only the services :func:`~.gate.changed_services` names are fetched
-    (none on a quiet fleet); any doubt fetches them all.
+    (none on a quiet fleet); any doubt fetches them all. With ``wakeOnChange`` the table watches
+    run beside the cycles and wake them.
     """
+    if not query.wake_on_change:
+        await _cycle_forever(query=query, client=client, publish=publish, seed=seed, tables=None)
+        return
+    tables = TableWatches(query=query, client=client)
+    async with asyncio.TaskGroup() as group:
+        group.create_task(tables.run())
+        await _cycle_forever(query=query, client=client, publish=publish, seed=seed, tables=tables)
+
+
+async def _cycle_forever(
+    *,
+    query: DiscoveryQuery,
+    client: ConsulClient,
+    publish: Publish,
+    seed: Mapping[str, TargetGroup] | None,
+    tables: TableWatches | None,
+) -> None:
     loop = asyncio.get_running_loop()
     state = _Polling(seed=seed, now=loop.time(), refresh_interval=query.refresh_interval)
+    woken = TokenBucket(burst=WOKEN_CYCLES_BURST, period=WOKEN_CYCLE_PERIOD)
     while True:
         started = loop.time()
         state.resync_if_due(now=started, interval=query.resync_interval)
+        if tables is not None:
+            tables.moved.clear()  # a move from now on wakes the next cycle
+        watched = tables.gate() if tables is not None else None
         try:
-            names, services_index = await list_matched_services(query=query, client=client)
+            names, gate = await _names_and_gate(query=query, client=client, watched=watched)
         except ConsulError as error:
             state.forget_indexes()
             # The current catalog is unknown: the last known set is shown for status, but never
@@ -194,31 +250,89 @@ async def poll_services(
             await state.backoff.wait()
             continue
         state.backoff.reset()
-        gate = await read_change_gate(query=query, client=client, services_index=services_index)
-        plan = await state.plan(names=names, gate=gate, query=query, client=client)
-        results = await fetch_all(
-            names=plan.fetch,
-            fetch=state.fetcher(names=plan.fetch, query=query, client=client),
-            max_concurrent=query.max_concurrent,
-        )
-        state.record(plan=plan, results=results)
-        complete = is_complete(names=names, groups=state.known, failed=plan.failed)
-        state.remember_if_clean(gate=gate, names=names, plan=plan, complete=complete)
-        snapshot = _polled(
+        await _cycle(
+            state=state,
+            names=names,
+            gate=gate,
+            query=query,
             client=client,
+            publish=publish,
             started=started,
-            groups=state.known,
-            complete=complete,
-            matched=len(names),
-            failed=plan.failed,
         )
-        if connection_broke(snapshot.requests):
-            state.forget_indexes()  # Consul may have restarted: its indexes prove nothing
-        await publish(snapshot)
-        del results, snapshot  # before giving memory back: a cycle's answers are its bulk
-        if plan.fetch:
-            release_free_memory()
-        await pace(started=started, interval=query.refresh_interval)
+        if tables is None:
+            await pace(started=started, interval=query.refresh_interval)
+            continue
+        due = min(started + query.refresh_interval, state.next_full_cycle(query=query) or 1e300)
+        # Without every watch's answer (starting, or one failing) a cycle reads plainly and may
+        # fetch everything: only the watches answering again, or the interval, start the next.
+        await _until_woken(tables=tables, deadline=due, woken=woken, watched=watched is not None)
+
+
+async def _names_and_gate(
+    *, query: DiscoveryQuery, client: ConsulClient, watched: ChangeGate | None
+) -> tuple[list[str], ChangeGate | None]:
+    """The matched names and the change gate: the watches' when they have both, else read."""
+    if watched is not None and watched.catalog is not None:
+        names = sorted(watched.catalog) if query.uses_catalog else sorted(set(query.services))
+        return names, watched
+    names, services_index = await list_matched_services(query=query, client=client)
+    gate = await read_change_gate(query=query, client=client, services_index=services_index)
+    return names, gate
+
+
+async def _cycle(
+    *,
+    state: _Polling,
+    names: list[str],
+    gate: ChangeGate | None,
+    query: DiscoveryQuery,
+    client: ConsulClient,
+    publish: Publish,
+    started: float,
+) -> None:
+    """Fetch what the plan names, record it, publish the snapshot."""
+    plan = await state.plan(names=names, gate=gate, query=query, client=client)
+    results = await fetch_all(
+        names=plan.fetch,
+        fetch=state.fetcher(names=plan.fetch, query=query, client=client),
+        max_concurrent=query.max_concurrent,
+    )
+    state.record(plan=plan, results=results)
+    complete = is_complete(names=names, groups=state.known, failed=plan.failed)
+    state.remember_if_clean(gate=gate, names=names, plan=plan, complete=complete)
+    snapshot = _polled(
+        client=client,
+        started=started,
+        groups=state.known,
+        complete=complete,
+        matched=len(names),
+        failed=plan.failed,
+    )
+    if connection_broke(snapshot.requests):
+        state.forget_indexes()  # Consul may have restarted: its indexes prove nothing
+    await publish(snapshot)
+    del results, snapshot  # before giving memory back: a cycle's answers are its bulk
+    if plan.fetch:
+        release_free_memory()
+
+
+async def _until_woken(
+    *, tables: TableWatches, deadline: float, woken: TokenBucket, watched: bool
+) -> None:
+    """Wait until a table watch moves (with every watch answering, unless ``watched``) or
+    ``deadline`` passes, then for a cycle token."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            while True:
+                await tables.moved.wait()
+                if watched or tables.gate() is not None:
+                    break
+                tables.moved.clear()
+    except TimeoutError:
+        pass
+    else:
+        await asyncio.sleep(WAKE_SETTLE_SECONDS)
+    await woken.take()
 
 
 def _polled(

@@ -1,0 +1,294 @@
+"""Polling with wakeOnChange, against the simulator in virtual time: each kind of change, how soon
+it is published and what it cost; the full cycle that bounds what no table names; the rate limits.
+
+Every test runs Polling with a refresh interval of 5 minutes, so a change published within
+seconds was woken by a table watch, not by the interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from consul_sd.api.spec import ConsulDiscoverySpec
+from consul_sd.consul.client import ConsulClient, RetryPolicy
+from consul_sd.consul.endpoint import ConsulEndpoint
+from consul_sd.discovery.auto import choose_mode
+from consul_sd.discovery.query import DiscoveryQuery
+from consul_sd.discovery.run import run_discovery
+from consul_sd.discovery.snapshots import Snapshot
+from consul_simulator import ConsulSimulator
+
+pytestmark = pytest.mark.looptime
+
+REFRESH = 300.0
+FLEET = {"services": 60, "instances": 2, "nodes": 6}
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[ConsulSimulator]:
+    async with ConsulSimulator(jitter=False) as simulator:
+        simulator.generate(**FLEET)
+        yield simulator
+
+
+def wake_query(**changes: Any) -> DiscoveryQuery:
+    base: dict[str, Any] = {
+        "mode": "Polling",
+        "refresh_interval": REFRESH,
+        "datacenter": "dc1",
+        "wake_on_change": True,
+    }
+    return DiscoveryQuery(**(base | changes))
+
+
+class Watcher:
+    """Runs one discovery and times how long a change takes to reach a publication."""
+
+    def __init__(self, sim: ConsulSimulator, query: DiscoveryQuery) -> None:
+        self.sim = sim
+        self.query = query
+        self.snapshots: list[Snapshot] = []
+        self.published = asyncio.Event()
+
+    async def publish(self, snapshot: Snapshot) -> None:
+        self.snapshots.append(snapshot)
+        self.published.set()
+
+    async def until(self, predicate: Callable[[Snapshot], bool], *, timeout: float) -> float:
+        """Seconds until a publication satisfies ``predicate`` (TimeoutError past ``timeout``)."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        async with asyncio.timeout(timeout):
+            while not (self.snapshots and predicate(self.snapshots[-1])):
+                self.published.clear()
+                await self.published.wait()
+        return loop.time() - started
+
+
+@contextlib.asynccontextmanager
+async def watching(sim: ConsulSimulator) -> AsyncIterator[Watcher]:
+    """Polling with wakeOnChange on the simulator, its first set published, counters reset.
+
+    Started inside each test, not in a fixture: the loop's virtual clock starts with the test.
+    """
+    watcher = Watcher(sim, wake_query())
+    client = ConsulClient(
+        endpoint=ConsulEndpoint(server=sim.address),
+        max_connections=110,
+        retry=RetryPolicy(attempts=3, base_delay=0.1, max_delay=1.0),
+    )
+    async with client:
+        task = asyncio.ensure_future(
+            run_discovery(query=watcher.query, client=client, publish=watcher.publish)
+        )
+        await watcher.until(lambda s: s.complete, timeout=60)
+        await asyncio.sleep(5)  # the watches have parked
+        sim.counters.reset()
+        yield watcher
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def node_of(service: int, instance: int) -> str:
+    """The node the fleet put an instance on (consecutive nodes, in registration order)."""
+    slot = service * FLEET["instances"] + instance
+    return f"node-{slot % FLEET['nodes']:03d}"
+
+
+def labels(snapshot: Snapshot, service: str) -> list[dict[str, str]]:
+    return [target.label_dict() for target in snapshot.groups.get(service, ())]
+
+
+def service_ids(snapshot: Snapshot, service: str) -> set[str]:
+    return {t["__meta_consul_service_id"] for t in labels(snapshot, service)}
+
+
+def health_requests(sim: ConsulSimulator) -> int:
+    return sim.counters.requests.get("health_service", 0)
+
+
+async def test_a_health_flip_is_published_within_two_seconds_for_one_service_request(
+    sim: ConsulSimulator,
+) -> None:
+    async with watching(sim) as watcher:
+        sim.set_check_status(node=node_of(1, 0), check_id="service:svc-00001-0", status="critical")
+        took = await watcher.until(
+            lambda s: any(t["__meta_consul_health"] == "critical" for t in labels(s, "svc-00001")),
+            timeout=REFRESH,
+        )
+        assert took <= 2
+        assert health_requests(sim) == 1
+
+
+async def test_a_node_address_change_refetches_only_the_services_on_that_node(
+    sim: ConsulSimulator,
+) -> None:
+    async with watching(sim) as watcher:
+        on_node = {
+            name
+            for name, group in watcher.snapshots[-1].groups.items()
+            if any(t.label_dict()["__meta_consul_node"] == "node-002" for t in group)
+        }
+        sim.register({"Node": "node-002", "Address": "10.9.9.9"})
+        took = await watcher.until(
+            lambda s: any(
+                t["__meta_consul_address"] == "10.9.9.9"
+                for name in on_node
+                for t in labels(s, name)
+            ),
+            timeout=REFRESH,
+        )
+        assert took <= 2
+        assert health_requests(sim) == len(on_node) < FLEET["services"]
+
+
+async def test_a_new_instance_whose_check_starts_critical_is_published_within_two_seconds(
+    sim: ConsulSimulator,
+) -> None:
+    async with watching(sim) as watcher:
+        # Consul starts a check registered without a status as critical, as agents register them.
+        sim.register(
+            {
+                "Node": "node-003",
+                "Address": "10.0.0.4",
+                "SkipNodeUpdate": True,
+                "Service": {"ID": "svc-00002-new", "Service": "svc-00002", "Port": 9},
+                "Check": {
+                    "CheckID": "service:svc-00002-new",
+                    "Name": "c",
+                    "ServiceID": "svc-00002-new",
+                },
+            }
+        )
+        took = await watcher.until(
+            lambda s: "svc-00002-new" in service_ids(s, "svc-00002"), timeout=5
+        )
+        assert took <= 2
+        assert health_requests(sim) == 1
+
+
+async def test_a_whole_service_added_or_removed_is_published_within_two_seconds(
+    sim: ConsulSimulator,
+) -> None:
+    async with watching(sim) as watcher:
+        sim.register(
+            {
+                "Node": "node-004",
+                "Address": "10.0.0.5",
+                "SkipNodeUpdate": True,
+                "Service": {"ID": "brand-new-1", "Service": "brand-new", "Port": 9},
+            }
+        )
+        added = await watcher.until(lambda s: "brand-new" in s.groups, timeout=5)
+        sim.deregister({"Node": node_of(7, 0), "ServiceID": "svc-00007-0"})
+        sim.deregister({"Node": node_of(7, 1), "ServiceID": "svc-00007-1"})
+        removed = await watcher.until(lambda s: "svc-00007" not in s.groups, timeout=5)
+        assert added <= 2
+        assert removed <= 2
+        assert health_requests(sim) == 1  # the added service; a removed one costs nothing
+
+
+async def test_what_no_table_names_is_read_by_a_full_cycle_within_the_refresh_interval(
+    sim: ConsulSimulator,
+) -> None:
+    async with watching(sim) as watcher:
+        # A port edited and a passing instance removed: only the services index moves.
+        before = watcher.snapshots[-1]
+        port = labels(before, "svc-00010")[0]
+        sim.register(
+            {
+                "Node": port["__meta_consul_node"],
+                "Address": port["__meta_consul_address"],
+                "Service": {
+                    "ID": port["__meta_consul_service_id"],
+                    "Service": "svc-00010",
+                    "Port": 65000,
+                },
+            }
+        )
+        sim.deregister({"Node": node_of(0, 0), "ServiceID": "svc-00000-0"})
+        took = await watcher.until(
+            lambda s: (
+                "svc-00000-0" not in service_ids(s, "svc-00000")
+                and any(t["__meta_consul_service_port"] == "65000" for t in labels(s, "svc-00010"))
+            ),
+            timeout=REFRESH + 30,
+        )
+        assert took <= REFRESH + 5
+        assert health_requests(sim) >= FLEET["services"]  # the full cycle
+
+
+async def test_a_check_flapping_every_tenth_of_a_second_costs_at_most_a_cycle_per_second(
+    sim: ConsulSimulator,
+) -> None:
+    async with watching(sim):
+        for flip in range(200):
+            status = "critical" if flip % 2 == 0 else "passing"
+            sim.set_check_status(node=node_of(1, 0), check_id="service:svc-00001-0", status=status)
+            await asyncio.sleep(0.1)
+        # 20 s of flapping: woken cycles are rate-limited (a burst of two, then one per second).
+        assert health_requests(sim) <= 20 + 2 + 1
+        assert sim.counters.requests.get("health_state", 0) <= 2 * (20 + 2 + 1)
+
+
+async def run_quietly(sim: ConsulSimulator, query: DiscoveryQuery, *, seconds: float) -> int:
+    """Consul requests a discovery makes over ``seconds`` of a quiet fleet, after its start."""
+    watcher = Watcher(sim, query)
+    async with ConsulClient(
+        endpoint=ConsulEndpoint(server=sim.address), max_connections=110
+    ) as client:
+        task = asyncio.ensure_future(
+            run_discovery(query=query, client=client, publish=watcher.publish)
+        )
+        await watcher.until(lambda s: s.complete, timeout=60)
+        await asyncio.sleep(5)
+        sim.counters.reset()
+        await asyncio.sleep(seconds)
+        requests = sum(sim.counters.requests.values())
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    return requests
+
+
+async def test_a_quiet_fleet_costs_no_more_requests_than_the_gate_without_watches(
+    sim: ConsulSimulator,
+) -> None:
+    # Nine minutes: short of the full resync every ten.
+    gate_only = await run_quietly(
+        sim, wake_query(wake_on_change=False, refresh_interval=30), seconds=540
+    )
+    watched = await run_quietly(sim, wake_query(refresh_interval=30), seconds=540)
+    assert gate_only == 4 * 18  # four small reads per 30 s cycle
+    assert watched <= gate_only
+
+
+async def test_a_consul_failing_every_read_is_backed_off_by_the_watches_and_the_cycles(
+    sim: ConsulSimulator,
+) -> None:
+    async with watching(sim) as watcher:
+        sim.faults.error_rate = 1.0
+        await asyncio.sleep(REFRESH)
+        # Four watches and the cycle, each backing off up to 15 s (from half of it, jittered), each
+        # read retried by the client up to three times: a busy loop would make thousands.
+        loops, attempts, per_loop = 5, 3, REFRESH / 7.5 + 6
+        assert sum(sim.counters.requests.values()) <= loops * attempts * per_loop
+        assert health_requests(sim) == 0
+        assert watcher.snapshots[-1].error is not None
+
+
+def test_auto_chooses_polling_as_soon_as_blocking_watches_would_share_slots() -> None:
+    spec = ConsulDiscoverySpec.model_validate(
+        {"consul": {"server": "127.0.0.1:8500"}, "maxConcurrent": 100}
+    )
+    query = DiscoveryQuery.from_spec(spec)
+    assert choose_mode(matched=100, current=None, query=query) == "Blocking"
+    assert choose_mode(matched=101, current=None, query=query) == "Polling"
+    assert choose_mode(matched=95, current="Polling", query=query) == "Polling"  # hysteresis
+    assert choose_mode(matched=80, current="Polling", query=query) == "Blocking"
+    without = DiscoveryQuery.from_spec(spec.model_copy(update={"wake_on_change": False}))
+    assert choose_mode(matched=500, current=None, query=without) == "Blocking"
