@@ -18,9 +18,12 @@ from consul_sd.api.spec import ConsulDiscoverySpec
 from consul_sd.consul.client import ConsulClient, RetryPolicy
 from consul_sd.consul.endpoint import ConsulEndpoint
 from consul_sd.discovery.auto import choose_mode
+from consul_sd.discovery.polling import _until_woken
 from consul_sd.discovery.query import DiscoveryQuery
 from consul_sd.discovery.run import run_discovery
 from consul_sd.discovery.snapshots import Snapshot
+from consul_sd.discovery.tables import TableWatches
+from consul_sd.loops import TokenBucket
 from consul_simulator import ConsulSimulator
 
 pytestmark = pytest.mark.looptime
@@ -145,6 +148,27 @@ async def test_a_node_address_change_refetches_only_the_services_on_that_node(
         )
         assert took <= 2
         assert health_requests(sim) == len(on_node) < FLEET["services"]
+        # The held targets name the services on the node: no catalog lookup by node.
+        assert sim.counters.requests.get("catalog_services", 0) == 0
+
+
+async def test_a_node_gone_with_its_instances_is_published_within_two_seconds(
+    sim: ConsulSimulator,
+) -> None:
+    async with watching(sim) as watcher:
+        sim.deregister({"Node": "node-005"})
+        took = await watcher.until(
+            lambda s: (
+                not any(
+                    t.label_dict()["__meta_consul_node"] == "node-005"
+                    for group in s.groups.values()
+                    for t in group
+                )
+            ),
+            timeout=REFRESH,
+        )
+        assert took <= 2
+        assert health_requests(sim) < FLEET["services"]
 
 
 async def test_a_new_instance_whose_check_starts_critical_is_published_within_two_seconds(
@@ -234,6 +258,48 @@ async def test_a_check_flapping_every_tenth_of_a_second_costs_at_most_a_cycle_pe
         # 20 s of flapping: woken cycles are rate-limited (a burst of two, then one per second).
         assert health_requests(sim) <= 20 + 2 + 1
         assert sim.counters.requests.get("health_state", 0) <= 2 * (20 + 2 + 1)
+
+
+async def test_changes_waking_different_watches_still_start_at_most_a_cycle_per_second(
+    sim: ConsulSimulator,
+) -> None:
+    async with watching(sim) as watcher:
+        published = len(watcher.snapshots)
+        for step in range(200):
+            # A check, another check's warning and a node's meta in turn: three watches, each
+            # allowed a wake-up per second of its own.
+            if step % 3 == 0:
+                sim.set_check_status(
+                    node=node_of(1, 0), check_id="service:svc-00001-0", status="critical"
+                )
+            elif step % 3 == 1:
+                sim.set_check_status(
+                    node=node_of(2, 0), check_id="service:svc-00002-0", status="warning"
+                )
+            else:
+                sim.register(
+                    {"Node": "node-004", "Address": "10.0.0.5", "NodeMeta": {"s": f"{step}"}}
+                )
+            await asyncio.sleep(0.1)
+        assert len(watcher.snapshots) - published <= 20 + 2 + 1
+
+
+async def test_while_a_watch_has_no_answer_only_the_interval_or_its_answer_starts_a_cycle() -> None:
+    # A watch failing for good (its answer forgotten) must not let the others' wake-ups start
+    # plain cycles, each of which may fetch every service.
+    endpoint = ConsulEndpoint(server="127.0.0.1:9")
+    async with ConsulClient(endpoint=endpoint, max_connections=1) as unused:
+        tables = TableWatches(query=wake_query(), client=unused)
+        tables.moved.set()  # another watch answered
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await _until_woken(
+            tables=tables,
+            deadline=started + 30,
+            woken=TokenBucket(burst=2, period=1.0),
+            watched=False,
+        )
+        assert loop.time() - started >= 30
 
 
 async def run_quietly(sim: ConsulSimulator, query: DiscoveryQuery, *, seconds: float) -> int:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from consul_sd.consul.client import ConsulClient
 from consul_sd.consul.errors import ConsulError
 from consul_sd.discovery.failures import error_backoff, fetch_all
-from consul_sd.discovery.gate import ChangeGate, changed_services, read_change_gate
+from consul_sd.discovery.gate import ChangeGate, HeldNodes, changed_services, read_change_gate
 from consul_sd.discovery.memory import release_free_memory
 from consul_sd.discovery.query import DiscoveryQuery, fetch_target_group, list_matched_services
 from consul_sd.discovery.snapshots import (
@@ -98,6 +98,7 @@ class _Polling:
         self.backoff = error_backoff(refresh_interval=refresh_interval)
         # When a services move was first left unexplained; a full cycle is due an interval later.
         self.unexplained_since: float | None = None
+        self.held_nodes = HeldNodes()
 
     def forget_indexes(self) -> None:
         """Trust no index: the next cycle fetches and decodes every service, whatever the gate."""
@@ -127,7 +128,7 @@ class _Polling:
             and (names == clean.names or gate.catalog is not None)
         ):
             narrowed = await changed_services(
-                before=clean.gate, now=gate, query=query, client=client
+                before=clean.gate, now=gate, query=query, client=client, held=self._held_on
             )
         now = asyncio.get_running_loop().time()
         if narrowed is not None and narrowed.unexplained and self.unexplained_since is None:
@@ -145,6 +146,9 @@ class _Polling:
             failed={},
             groups={name: self.known[name] for name in names if name in self.known},
         )
+
+    def _held_on(self, nodes: set[str]) -> set[str]:
+        return self.held_nodes.services_on(nodes=nodes, known=self.known)
 
     def full_cycle_due(self, *, now: float, query: DiscoveryQuery) -> bool:
         """Whether an unexplained services move has waited its refresh interval."""

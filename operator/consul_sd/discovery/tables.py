@@ -120,8 +120,13 @@ class TableWatches:
             index = next_index(answered)
 
     async def _read_catalog(self, index: int, wait: float) -> tuple[Catalog, int]:
+        # At least once per refresh interval: a catalog filter on node fields can change what
+        # it lists when only the nodes table moves, which does not wake this watch.
         listed, answered = await self.client.list_services(
-            index=index, wait=wait, node_meta=self.query.node_meta, filter_expr=self.query.filter
+            index=index,
+            wait=min(wait, self.query.refresh_interval),
+            node_meta=self.query.node_meta,
+            filter_expr=self.query.filter,
         )
         matched = {name: tags for name, tags in listed.items() if self.query.matches(name, tags)}
         return Catalog(services=matched), answered
