@@ -20,7 +20,7 @@ from consul_sd.consul.endpoint import ConsulEndpoint
 from consul_sd.discovery.auto import choose_mode
 from consul_sd.discovery.polling import _until_woken
 from consul_sd.discovery.query import DiscoveryQuery
-from consul_sd.discovery.run import run_discovery
+from consul_sd.discovery.run import discover_once, run_discovery
 from consul_sd.discovery.snapshots import Snapshot
 from consul_sd.discovery.tables import TableWatches
 from consul_sd.loops import TokenBucket
@@ -345,6 +345,16 @@ async def test_a_consul_failing_every_read_is_backed_off_by_the_watches_and_the_
         assert sum(sim.counters.requests.values()) <= loops * attempts * per_loop
         assert health_requests(sim) == 0
         assert watcher.snapshots[-1].error is not None
+
+
+async def test_discover_once_holds_no_table_watch(sim: ConsulSimulator) -> None:
+    async with ConsulClient(
+        endpoint=ConsulEndpoint(server=sim.address), max_connections=110
+    ) as client:
+        snapshot = await discover_once(query=wake_query(), client=client)
+    assert snapshot.complete
+    # The catalog, the gate's three reads, one read per service: nothing parked beside them.
+    assert sum(sim.counters.requests.values()) == 4 + FLEET["services"]
 
 
 def test_auto_chooses_polling_as_soon_as_blocking_watches_would_share_slots() -> None:

@@ -1,8 +1,11 @@
 """Auto: Blocking for a few services, Polling for many, chosen by the matched count.
 
-Auto counts the matched services once, then runs Blocking below :data:`~.query.AUTO_POLLING_AT`
-and Polling at or above, and switches back only below :data:`~.query.AUTO_BLOCKING_BELOW`
-(hysteresis, so a count hovering at the threshold does not flap). A switch cancels the running
+Auto counts the matched services once, then runs Blocking below ``query.auto_polling_at`` and
+Polling at or above, and switches back only below ``query.auto_blocking_below`` (hysteresis, so a
+count hovering at the threshold does not flap). With ``wakeOnChange`` Polling sees changes within
+seconds at any size, so Blocking is kept only while every watch holds its own slot (up to
+``maxConcurrent``); without it, up to :data:`~.query.AUTO_POLLING_AT` (see
+:func:`~.query.auto_thresholds`). A switch cancels the running
 mode (every task of it gone before the next one starts) and hands the current targets to the new
 mode as its seed. A snapshot showing an error never triggers a switch.
 
@@ -37,7 +40,7 @@ async def run_auto(
     publish: Publish,
     seed: Mapping[str, TargetGroup] | None = None,
 ) -> None:
-    """Auto: Blocking below AUTO_POLLING_AT matched services, Polling at or above."""
+    """Auto: Blocking below ``query.auto_polling_at`` matched services, Polling at or above."""
     names, _ = await until_answered(
         read=functools.partial(list_matched_services, query=query, client=client),
         publish=publish,

@@ -63,7 +63,9 @@ async def discover_once(*, query: DiscoveryQuery, client: ConsulClient) -> Snaps
         if not first.done():
             first.set_result(snapshot)
 
-    task = asyncio.create_task(run_discovery(query=query, client=client, publish=take_first))
+    # One publication is all it waits for: the table watches would only add requests.
+    once = replace(query, wake_on_change=False)
+    task = asyncio.create_task(run_discovery(query=once, client=client, publish=take_first))
     try:
         if first not in await first_done(task, first):
             task.result()  # the worker died: raise its error
