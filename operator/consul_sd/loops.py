@@ -71,12 +71,28 @@ class TokenBucket:
         self.tokens = float(burst)
         self.updated: float | None = None
 
-    async def take(self) -> None:
-        """Wait for a token and spend it."""
+    def _refill(self) -> None:
         now = asyncio.get_running_loop().time()
         if self.updated is not None:
             self.tokens = min(self.burst, self.tokens + (now - self.updated) / self.period)
         self.updated = now
+
+    def try_take(self) -> bool:
+        """Spend a token if one is there, without waiting."""
+        self._refill()
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+    def ready_at(self) -> float:
+        """When the next token is there (the loop's clock)."""
+        self._refill()
+        return asyncio.get_running_loop().time() + max(0.0, 1 - self.tokens) * self.period
+
+    async def take(self) -> None:
+        """Wait for a token and spend it."""
+        self._refill()
         if self.tokens < 1:
             await asyncio.sleep((1 - self.tokens) * self.period)
             self.tokens, self.updated = 1.0, asyncio.get_running_loop().time()

@@ -28,6 +28,7 @@ from consul_sd.consul.records import (
     parse_check_states,
     parse_health_entries,
     parse_node_indexes,
+    parse_service_checks,
 )
 from consul_sd.consul.tls import build_ssl_context
 from consul_simulator import ConsulSimulator
@@ -163,6 +164,32 @@ def test_unexpected_shapes_are_bad_responses(answer: Any, message: str) -> None:
 def test_unexpected_check_rows_are_bad_responses(answer: Any, message: str) -> None:
     with pytest.raises(ConsulBadResponse, match=f"/v1/health/state: .*{message}"):
         parse_check_states(answer)
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        ({"Node": "n"}, "expected a list"),
+        (["n"], "entry 0 is not an object"),
+        ([{"Node": "n", "CheckID": "c", "ServiceName": 7}], "must be strings"),
+    ],
+)
+def test_unexpected_rows_of_every_check_are_bad_responses(answer: Any, message: str) -> None:
+    with pytest.raises(ConsulBadResponse, match=f"/v1/health/state/any: .*{message}"):
+        parse_service_checks(answer)
+
+
+def test_every_check_read_groups_service_checks_and_leaves_node_checks_out() -> None:
+    rows = [
+        {"Node": "a", "CheckID": "serfHealth", "ServiceName": ""},
+        {"Node": "a", "CheckID": "c1", "ServiceName": "web"},
+        {"Node": "b", "CheckID": "c1", "ServiceName": "web", "Status": "critical"},
+        {"Node": "b", "CheckID": "c2", "ServiceName": "db"},
+    ]
+    assert parse_service_checks(rows) == {
+        "web": frozenset({("a", "c1"), ("b", "c1")}),
+        "db": frozenset({("b", "c2")}),
+    }
 
 
 @pytest.mark.parametrize(

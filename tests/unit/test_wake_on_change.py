@@ -18,6 +18,7 @@ from consul_sd.api.spec import ConsulDiscoverySpec
 from consul_sd.consul.client import ConsulClient, RetryPolicy
 from consul_sd.consul.endpoint import ConsulEndpoint
 from consul_sd.discovery.auto import choose_mode
+from consul_sd.discovery.instances import CHECKS_READ_PERIOD
 from consul_sd.discovery.polling import _until_woken
 from consul_sd.discovery.query import DiscoveryQuery
 from consul_sd.discovery.run import discover_once, run_discovery
@@ -217,34 +218,80 @@ async def test_a_whole_service_added_or_removed_is_published_within_two_seconds(
         assert health_requests(sim) == 1  # the added service; a removed one costs nothing
 
 
-async def test_what_no_table_names_is_read_by_a_full_cycle_within_the_refresh_interval(
+def edit_port(sim: ConsulSimulator, snapshot: Snapshot, service: str, *, port: int) -> None:
+    """Re-register an instance of ``service`` with another port, its node and checks as they are."""
+    target = labels(snapshot, service)[0]
+    sim.register(
+        {
+            "Node": target["__meta_consul_node"],
+            "Address": target["__meta_consul_address"],
+            "SkipNodeUpdate": True,
+            "Service": {"ID": target["__meta_consul_service_id"], "Service": service, "Port": port},
+        }
+    )
+
+
+def has_port(snapshot: Snapshot, service: str, port: int) -> bool:
+    return any(t["__meta_consul_service_port"] == str(port) for t in labels(snapshot, service))
+
+
+async def test_an_edited_instance_is_read_by_a_full_cycle_within_the_refresh_interval(
     sim: ConsulSimulator,
 ) -> None:
     async with watching(sim) as watcher:
-        # A port edited and a passing instance removed: only the services index moves.
-        before = watcher.snapshots[-1]
-        port = labels(before, "svc-00010")[0]
-        sim.register(
-            {
-                "Node": port["__meta_consul_node"],
-                "Address": port["__meta_consul_address"],
-                "Service": {
-                    "ID": port["__meta_consul_service_id"],
-                    "Service": "svc-00010",
-                    "Port": 65000,
-                },
-            }
-        )
-        sim.deregister({"Node": node_of(0, 0), "ServiceID": "svc-00000-0"})
-        took = await watcher.until(
-            lambda s: (
-                "svc-00000-0" not in service_ids(s, "svc-00000")
-                and any(t["__meta_consul_service_port"] == "65000" for t in labels(s, "svc-00010"))
-            ),
-            timeout=REFRESH + 30,
-        )
+        edit_port(sim, watcher.snapshots[-1], "svc-00010", port=65000)
+        took = await watcher.until(lambda s: has_port(s, "svc-00010", 65000), timeout=REFRESH + 30)
         assert took <= REFRESH + 5
         assert health_requests(sim) >= FLEET["services"]  # the full cycle
+
+
+async def test_an_instance_removed_with_its_check_is_found_by_reading_every_check(
+    sim: ConsulSimulator,
+) -> None:
+    async with watching(sim) as watcher:
+        # A passing instance leaves no trace in the critical or warning checks.
+        sim.deregister({"Node": node_of(0, 0), "ServiceID": "svc-00000-0"})
+        took = await watcher.until(
+            lambda s: "svc-00000-0" not in service_ids(s, "svc-00000"), timeout=REFRESH
+        )
+        assert took <= 2
+        assert health_requests(sim) == 1
+        assert sim.counters.requests.get("health_state", 0) <= 2 + 1  # the watches, one read
+
+
+async def test_every_check_is_read_at_most_once_per_period_and_a_waiting_change_is_not_lost(
+    sim: ConsulSimulator,
+) -> None:
+    async with watching(sim) as watcher:
+        sim.deregister({"Node": node_of(0, 0), "ServiceID": "svc-00000-0"})
+        await watcher.until(lambda s: "svc-00000-0" not in service_ids(s, "svc-00000"), timeout=5)
+        # Right after a read: the next one waits for its period, then still finds this one.
+        sim.deregister({"Node": node_of(3, 0), "ServiceID": "svc-00003-0"})
+        took = await watcher.until(
+            lambda s: "svc-00003-0" not in service_ids(s, "svc-00003"), timeout=REFRESH
+        )
+        assert took <= CHECKS_READ_PERIOD + 2
+        assert health_requests(sim) == 2
+
+
+async def test_an_instance_without_a_check_is_left_to_the_full_cycle(
+    sim: ConsulSimulator,
+) -> None:
+    sim.register(
+        {
+            "Node": "node-001",
+            "Address": "10.0.0.2",
+            "SkipNodeUpdate": True,
+            "Service": {"ID": "bare-1", "Service": "svc-00004", "Port": 7},
+        }
+    )
+    async with watching(sim) as watcher:
+        sim.deregister({"Node": "node-001", "ServiceID": "bare-1"})
+        took = await watcher.until(
+            lambda s: "bare-1" not in service_ids(s, "svc-00004"), timeout=REFRESH + 30
+        )
+        assert took <= REFRESH + 5
+        assert health_requests(sim) >= FLEET["services"]
 
 
 async def test_a_check_flapping_every_tenth_of_a_second_costs_at_most_a_cycle_per_second(
@@ -355,6 +402,34 @@ async def test_discover_once_holds_no_table_watch(sim: ConsulSimulator) -> None:
     assert snapshot.complete
     # The catalog, the gate's three reads, one read per service: nothing parked beside them.
     assert sum(sim.counters.requests.values()) == 4 + FLEET["services"]
+
+
+async def test_under_registration_churn_every_check_is_read_at_most_once_per_period(
+    sim: ConsulSimulator,
+) -> None:
+    async with watching(sim) as watcher:
+        for step in range(60):  # 30 s: an instance registered or removed every half second
+            body = {"Node": "node-001", "ServiceID": f"churn-{step // 2}"}
+            if step % 2 == 0:
+                sim.register(
+                    {
+                        "Node": "node-001",
+                        "Address": "10.0.0.2",
+                        "SkipNodeUpdate": True,
+                        "Service": {"ID": body["ServiceID"], "Service": "svc-00005", "Port": 5},
+                        "Check": {
+                            "CheckID": body["ServiceID"],
+                            "Name": "c",
+                            "Status": "passing",
+                            "ServiceID": body["ServiceID"],
+                        },
+                    }
+                )
+            else:
+                sim.deregister(body)
+            await asyncio.sleep(0.5)
+        reads = sum(s.requests[("health_state_any", "ok")] for s in watcher.snapshots)
+        assert 1 <= reads <= 30 / CHECKS_READ_PERIOD + 2
 
 
 def test_auto_chooses_polling_as_soon_as_blocking_watches_would_share_slots() -> None:

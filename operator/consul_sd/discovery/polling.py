@@ -25,13 +25,21 @@ has no answer (starting, or failing), cycles read plainly and run every ``refres
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from consul_sd.consul.client import ConsulClient
 from consul_sd.consul.errors import ConsulError
 from consul_sd.discovery.failures import error_backoff, fetch_all
-from consul_sd.discovery.gate import ChangeGate, HeldNodes, changed_services, read_change_gate
+from consul_sd.discovery.gate import (
+    ChangeGate,
+    HeldNodes,
+    Narrowed,
+    changed_services,
+    read_change_gate,
+)
+from consul_sd.discovery.instances import CheckedInstances
 from consul_sd.discovery.memory import release_free_memory
 from consul_sd.discovery.query import DiscoveryQuery, fetch_target_group, list_matched_services
 from consul_sd.discovery.snapshots import (
@@ -99,6 +107,7 @@ class _Polling:
         # When a services move was first left unexplained; a full cycle is due an interval later.
         self.unexplained_since: float | None = None
         self.held_nodes = HeldNodes()
+        self.checked = CheckedInstances()
 
     def forget_indexes(self) -> None:
         """Trust no index: the next cycle fetches and decodes every service, whatever the gate."""
@@ -130,6 +139,8 @@ class _Polling:
             narrowed = await changed_services(
                 before=clean.gate, now=gate, query=query, client=client, held=self._held_on
             )
+        if narrowed is not None and gate is not None and gate.catalog is not None:
+            narrowed = await self._localized(narrowed, client=client)
         now = asyncio.get_running_loop().time()
         if narrowed is not None and narrowed.unexplained and self.unexplained_since is None:
             self.unexplained_since = now
@@ -146,6 +157,15 @@ class _Polling:
             failed={},
             groups={name: self.known[name] for name in names if name in self.known},
         )
+
+    async def _localized(self, narrowed: Narrowed, *, client: ConsulClient) -> Narrowed:
+        """``narrowed`` plus the services the checks table says gained or lost an instance."""
+        if not self.checked.wanted(unexplained=narrowed.unexplained):
+            return narrowed
+        found = await self.checked.changed(client)
+        if not found:
+            return narrowed
+        return Narrowed(services=narrowed.services | found, unexplained=narrowed.unexplained)
 
     def _held_on(self, nodes: set[str]) -> set[str]:
         return self.held_nodes.services_on(nodes=nodes, known=self.known)
@@ -266,7 +286,11 @@ async def _cycle_forever(
         if tables is None:
             await pace(started=started, interval=query.refresh_interval)
             continue
-        due = min(started + query.refresh_interval, state.next_full_cycle(query=query) or 1e300)
+        due = min(
+            started + query.refresh_interval,
+            state.next_full_cycle(query=query) or math.inf,
+            state.checked.due() or math.inf,
+        )
         # Without every watch's answer (starting, or one failing) a cycle reads plainly and may
         # fetch everything: only the watches answering again, or the interval, start the next.
         await _until_woken(tables=tables, deadline=due, woken=woken, watched=watched is not None)
