@@ -121,9 +121,35 @@ def build_crd() -> dict[str, Any]:
                             "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
                         },
                         {
+                            "name": "Status",
+                            "type": "string",
+                            "description": "The Degraded reason, else Synced or FirstSyncPending.",
+                            "jsonPath": ".status.reason",
+                        },
+                        {
+                            "name": "Last Sync",
+                            "type": "date",
+                            "description": "When the targets were last confirmed current.",
+                            "jsonPath": ".status.lastSyncTime",
+                        },
+                        {
                             "name": "Age",
                             "type": "date",
                             "jsonPath": ".metadata.creationTimestamp",
+                        },
+                        {
+                            "name": "Failed",
+                            "type": "integer",
+                            "description": "Services whose last query failed.",
+                            "jsonPath": ".status.failedServices",
+                            "priority": 1,
+                        },
+                        {
+                            "name": "Outputs",
+                            "type": "string",
+                            "description": "The objects written.",
+                            "jsonPath": ".status.outputs[*].name",
+                            "priority": 1,
                         },
                     ],
                     "schema": {

@@ -13,6 +13,7 @@ from consul_sd.api.spec import ConsulConfig
 from consul_sd.consul.client import ConsulClient, RequestObserver
 from consul_sd.consul.endpoint import ConsulEndpoint
 from consul_sd.consul.tls import build_ssl_context
+from consul_sd.discovery.tables import TABLE_WATCHES
 
 
 @dataclass(frozen=True)
@@ -56,11 +57,22 @@ def build_endpoint(consul: ConsulConfig, credentials: Credentials) -> ConsulEndp
 
 
 def build_client(
-    endpoint: ConsulEndpoint, *, max_concurrent: int, observer: RequestObserver | None = None
+    endpoint: ConsulEndpoint,
+    *,
+    max_concurrent: int,
+    wake_on_change: bool,
+    observer: RequestObserver | None = None,
 ) -> ConsulClient:
-    """The client a discovery worker uses: never more than ``max_concurrent + 1`` connections.
+    """The client a discovery worker uses, with :func:`connection_cap` connections at most."""
+    cap = connection_cap(max_concurrent=max_concurrent, wake_on_change=wake_on_change)
+    return ConsulClient(endpoint=endpoint, max_connections=cap, observer=observer)
 
-    ``maxConcurrent`` bounds the service requests; Blocking's catalog long-poll holds one more
-    connection beside them, and nothing else a worker sends runs alongside those.
+
+def connection_cap(*, max_concurrent: int, wake_on_change: bool) -> int:
+    """The connections a discovery may hold: its ``maxConcurrent`` reads and its long-polls.
+
+    Blocking's catalog long-poll holds one connection beside the service reads; Polling's table
+    watches hold four (Auto may run either). Sized below that, parked long-polls would hold the
+    connections the reads wait for.
     """
-    return ConsulClient(endpoint=endpoint, max_connections=max_concurrent + 1, observer=observer)
+    return max_concurrent + (TABLE_WATCHES if wake_on_change else 1)

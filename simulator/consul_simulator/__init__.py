@@ -27,9 +27,19 @@ Behaviour chosen where Consul is ambiguous or version-dependent:
 - Every write advances the raft index, even when it changes no row; table and per-service
   indexes move only on real changes (re-registering an identical instance moves nothing).
 - /v1/catalog/services lists tags sorted (Consul's order is Go map order, i.e. random).
-- ``index_backwards`` halves every reported index (a snapshot restore to an older state);
-  blocking compares against the halved value, so a client that keeps its old index parks until
-  ``wait`` elapses, as it would against a restored cluster.
+- A blocking /v1/health/state/STATE query (STATE not ``any``) wakes only for checks that enter,
+  leave or change within STATE while some check is in it; while none is, any check write wakes
+  it (Consul watches a subtree of its by-status index, or the index's root when the subtree is
+  empty). It answers the checks table index either way.
+- /v1/catalog/services?node-meta=K:V answers the higher of the services and nodes table indexes
+  and wakes for writes of nodes carrying K=V and for instances on nodes matching every pair; with
+  no node carrying K=V, for a write of any node that has meta (Consul's ServicesByNodeMeta).
+- A blocking query that times out answers the index of its last evaluation, as Consul does: a
+  write none of its watches covers can have moved the table's index meanwhile.
+- ``index_backwards`` lowers every reported index by half the raft index at the moment it is
+  first seen on (never below 1; a snapshot restore to an older state); blocking compares against
+  the lowered value, so a client that keeps its old index parks until ``wait`` elapses, as it
+  would against a restored cluster, and one that reset its index sees the next change.
 - Connections refused by ``max_conns_per_client`` get the raw go-connlimit 429 before their
   request is read and are then half-closed; they count in ``connections_refused_429`` and in
   ``responses_by_status[429]`` but never as open connections or requests.

@@ -245,7 +245,12 @@ class Catalog:
     """Nodes, instances and checks with Consul's index bookkeeping.
 
     ``on_change`` receives, after each write, the watch scopes whose index moved: ``"nodes"``,
-    ``"services"``, ``"checks"``, ``"extinction"`` and ``"svc:<name>"`` per service.
+    ``"services"``, ``"checks"``, ``"extinction"`` and ``"svc:<name>"`` per service, plus
+    ``"state:<status>"`` for each status a written or deleted check had before or has after (the
+    subtree of Consul's checks-by-status index that a /v1/health/state/STATUS query watches),
+    ``"nodemeta:<key>=<value>"`` for each meta pair a written or deleted node had or has, with
+    ``"nodemeta:*"`` when it had or has any, and ``"nodesvc:<node>"`` when an instance on that node
+    is added, changed or removed (what a ``?node-meta=`` catalog list watches).
     """
 
     def __init__(self, *, datacenter: str, on_change: Callable[[set[str]], None]) -> None:
@@ -260,6 +265,7 @@ class Catalog:
         self.checks: dict[str, dict[str, Check]] = {}  # node -> check ID -> check
         # The same checks grouped by owner, (node, service ID or ""), for rendering entries.
         self._checks_by_owner: dict[tuple[str, str], dict[str, Check]] = {}
+        self._checks_by_status: dict[str, int] = {}  # status -> how many checks have it
         self.table_index: dict[str, int] = {"nodes": 0, "services": 0, "checks": 0}
         self.service_index: dict[str, int] = {}
         self.extinction_index = 0
@@ -281,6 +287,40 @@ class Catalog:
         tables = self.table_index
         base = max(tables["nodes"], tables["services"])
         return max(base, tables["checks"]) if checks else base
+
+    def scopes_for_state(self, state: str) -> tuple[str, ...]:
+        """What a blocking /v1/health/state/STATE query watches.
+
+        Consul watches the rows of its checks-by-status index under STATE; with no row there, the
+        radix tree hands out the watch of the closest node above, its root, which any check
+        write fires. So a passing-only change wakes a query on an empty state and not otherwise
+        (measured on Consul 1.16 by tests/oracle/test_table_watch_parity.py).
+        """
+        if state == "any" or not self._checks_by_status.get(state):
+            return ("checks",)
+        return (f"state:{state}",)
+
+    def scopes_for_node_meta(self, wanted: Mapping[str, str]) -> tuple[str, ...]:
+        """What a blocking /v1/catalog/services?node-meta= query watches (Consul's
+        ServicesByNodeMeta): the nodes carrying its first pair, and the instances of each node
+        carrying them all.
+
+        Where Consul's radix tree has no row to watch it watches the closest node above, here the
+        whole table: every node with meta when no node carries the first pair, every instance
+        for a matching node without any.
+        """
+        key, value = next(iter(wanted.items()))
+        carrying = [node for node in self.nodes.values() if (node.meta or {}).get(key) == value]
+        if not carrying:
+            return ("nodemeta:*",)
+        scopes = {f"nodemeta:{key}={value}"}
+        for node in carrying:
+            if all((node.meta or {}).get(k) == v for k, v in wanted.items()):
+                scopes.add(f"nodesvc:{node.name}" if self.instances.get(node.name) else "services")
+        # Consul's watch limit (2048 channels) falls back to the whole services table.
+        if len(scopes) > 2048:
+            return (f"nodemeta:{key}={value}", "services")
+        return tuple(scopes)
 
     def scopes_for_service(self, name: str) -> tuple[str, ...]:
         """What a blocking query on ``name`` must watch to see its index move."""
@@ -486,10 +526,17 @@ class Catalog:
         for inst in self.instances.get(node, {}).values():
             self._touch_service(inst.name, idx)
 
+    def _touch_node_meta(self, *metas: dict[str, str] | None) -> None:
+        for meta in metas:
+            if meta:
+                self._scopes.add("nodemeta:*")
+                self._scopes.update(f"nodemeta:{k}={v}" for k, v in meta.items())
+
     def _ensure_node(self, node: Node, *, idx: int, skip_update: bool) -> None:
         existing = self.nodes.get(node.name)
         if existing is not None and (skip_update or existing.same(node)):
             return
+        self._touch_node_meta(existing.meta if existing is not None else None, node.meta)
         node.create_index = existing.create_index if existing is not None else idx
         node.modify_index = idx
         self.nodes[node.name] = node
@@ -509,6 +556,7 @@ class Catalog:
         inst.modify_index = idx
         on_node[inst.id] = inst
         self.by_name.setdefault(inst.name, {})[(inst.node, inst.id)] = inst
+        self._scopes.add(f"nodesvc:{inst.node}")
         self._touch_table("services", idx)
         self._touch_service(inst.name, idx)
 
@@ -535,6 +583,7 @@ class Catalog:
         check.modify_index = idx
         if existing is not None:
             self._forget_check(existing)
+        self._count_status(check.status, +1)
         on_node[check.check_id] = check
         self._checks_by_owner.setdefault((check.node, check.service_id), {})[check.check_id] = check
         self._touch_table("checks", idx)
@@ -548,7 +597,13 @@ class Catalog:
         else:
             self._touch_services_of_node(check.node, idx)
 
+    def _count_status(self, status: str, step: int) -> None:
+        self._checks_by_status[status] = self._checks_by_status.get(status, 0) + step
+        self._scopes.add(f"state:{status}")
+
     def _forget_check(self, check: Check) -> None:
+        """Drop ``check`` from the by-owner and by-status views (not from ``checks``)."""
+        self._count_status(check.status, -1)
         owner = (check.node, check.service_id)
         group = self._checks_by_owner.get(owner)
         if group is not None:
@@ -562,10 +617,12 @@ class Catalog:
             return
         on_node = self.checks.get(node, {})
         owned = self._checks_by_owner.pop((node, service_id), {})
-        for cid in owned:
+        for cid, check in owned.items():
+            self._count_status(check.status, -1)
             del on_node[cid]
         if owned:
             self._touch_table("checks", idx)
+        self._scopes.add(f"nodesvc:{node}")
         self._touch_table("services", idx)
         self._unlink_instance(inst, idx)
 
@@ -585,10 +642,11 @@ class Catalog:
             self._touch_table("checks", idx)
         instances = self.instances.pop(node, {})
         if instances:
+            self._scopes.add(f"nodesvc:{node}")
             self._touch_table("services", idx)
         for inst in instances.values():
             self._unlink_instance(inst, idx)
-        del self.nodes[node]
+        self._touch_node_meta(self.nodes.pop(node).meta)
         self._touch_table("nodes", idx)
 
     # --- reads ---

@@ -31,7 +31,7 @@ class Faults:
     slow_body: float = 0.0
     """Seconds over which each response body is dribbled out in chunks."""
     index_backwards: bool = False
-    """Report every index halved, as if the cluster had been restored from an older snapshot."""
+    """Report every index lowered by half the raft index (fixed while on), as after a restore."""
     fail_services: set[str] = field(default_factory=set)
     """Services whose health/catalog-service endpoints answer ``error_status``."""
     malformed_services: set[str] = field(default_factory=set)

@@ -83,9 +83,9 @@ def _route(path: str) -> tuple[str, str]:
     return "other", ""
 
 
-def _resolve(fut: asyncio.Future[None]) -> None:
+def _resolve(fut: asyncio.Future[bool], woken: bool) -> None:
     if not fut.done():
-        fut.set_result(None)
+        fut.set_result(woken)
 
 
 class _Watchers:
@@ -97,26 +97,27 @@ class _Watchers:
     """
 
     def __init__(self) -> None:
-        self._by_scope: dict[str, set[asyncio.Future[None]]] = {}
+        self._by_scope: dict[str, set[asyncio.Future[bool]]] = {}
 
     def notify(self, scopes: Iterable[str]) -> None:
         for scope in scopes:
             for fut in self._by_scope.pop(scope, ()):
-                _resolve(fut)
+                _resolve(fut, True)
 
     def wake_all(self) -> None:
         self.notify(list(self._by_scope))
 
-    async def wait(self, scopes: Iterable[str], *, deadline: float) -> None:
-        """Park until a write moves one of ``scopes`` or the loop clock reaches ``deadline``."""
+    async def wait(self, scopes: Iterable[str], *, deadline: float) -> bool:
+        """Park until a write moves one of ``scopes`` (True) or the loop clock reaches
+        ``deadline`` (False)."""
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
+        fut: asyncio.Future[bool] = loop.create_future()
         scopes = tuple(scopes)
         for scope in scopes:
             self._by_scope.setdefault(scope, set()).add(fut)
-        timer = loop.call_at(deadline, _resolve, fut)
+        timer = loop.call_at(deadline, _resolve, fut, False)
         try:
-            await fut
+            return await fut
         finally:
             timer.cancel()
             for scope in scopes:
@@ -310,6 +311,7 @@ class ConsulSimulator:
         self._host = ""
         self._port = 0
         self._closing = False
+        self._backwards_by: int | None = None  # how far ``index_backwards`` lowers indexes
         node_id = str(uuid.UUID(int=random.Random(f"{seed}:{node_name}").getrandbits(128)))
         self._agent_self = dump_json(
             {
@@ -490,9 +492,15 @@ class ConsulSimulator:
 
     def _visible(self, index: int) -> int:
         # Consul never reports an index below 1.
-        if self.faults.index_backwards:
-            return max(1, index // 2)
-        return max(1, index)
+        if not self.faults.index_backwards:
+            self._backwards_by = None
+            return max(1, index)
+        if self._backwards_by is None:
+            # One drop per episode, as a restore makes: halving each index instead would let a
+            # write that moves an index by one leave its lowered value unchanged, and a client
+            # that reset its index would then miss the change.
+            self._backwards_by = (self.catalog.raft_index + 1) // 2
+        return max(1, index - self._backwards_by)
 
     async def _block(
         self,
@@ -501,7 +509,12 @@ class ConsulSimulator:
         index_of: Callable[[], int],
         scopes_of: Callable[[], Iterable[str]],
     ) -> int:
-        """Consul's blockingQuery: return once the index passes ``?index`` or ``wait`` elapses."""
+        """Consul's blockingQuery: return once the index passes ``?index`` or ``wait`` elapses.
+
+        The index is read again only when a watched scope fires, as Consul re-runs the query only
+        then: a wait that times out answers the index of the last run, even if a write no scope
+        watches (a passing check beside a non-empty /v1/health/state/critical) moved it since.
+        """
         index = self._visible(index_of())
         if q.min_index == 0 or index > q.min_index:
             return index
@@ -511,10 +524,12 @@ class ConsulSimulator:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         while not self._closing and loop.time() < deadline:
-            await self._watchers.wait(scopes_of(), deadline=deadline)
-            if self._visible(index_of()) > q.min_index:
+            if not await self._watchers.wait(scopes_of(), deadline=deadline):
                 break
-        return self._visible(index_of())
+            index = self._visible(index_of())
+            if index > q.min_index:
+                break
+        return index
 
     async def _read(self, request: web.BaseRequest, *, kind: str, arg: str) -> web.StreamResponse:
         q = _Query.parse(request, datacenter=self.datacenter)
@@ -635,9 +650,19 @@ class ConsulSimulator:
     ) -> web.StreamResponse:
         predicate = self._compile(q.filter, bexpr.SERVICE_NODE)
         catalog = self.catalog
-        index = await self._block(
-            q, index_of=lambda: catalog.table_index["services"], scopes_of=lambda: ("services",)
-        )
+        if q.node_meta:
+            # Consul's ServicesByNodeMeta: the services and nodes tables' index, and narrower
+            # watches (see Catalog.scopes_for_node_meta).
+            tables = catalog.table_index
+            index = await self._block(
+                q,
+                index_of=lambda: max(tables["services"], tables["nodes"]),
+                scopes_of=lambda: catalog.scopes_for_node_meta(q.node_meta),
+            )
+        else:
+            index = await self._block(
+                q, index_of=lambda: catalog.table_index["services"], scopes_of=lambda: ("services",)
+            )
         filtered = False
         if anonymous:
             filtered = bool(catalog.by_name)
@@ -665,7 +690,9 @@ class ConsulSimulator:
         predicate = self._compile(q.filter, bexpr.HEALTH_CHECK)
         catalog = self.catalog
         index = await self._block(
-            q, index_of=lambda: catalog.table_index["checks"], scopes_of=lambda: ("checks",)
+            q,
+            index_of=lambda: catalog.table_index["checks"],
+            scopes_of=lambda: catalog.scopes_for_state(state),
         )
         rows = catalog.check_rows(state)
         filtered = False

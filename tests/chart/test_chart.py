@@ -104,6 +104,18 @@ def container(objects: list[dict[str, Any]]) -> dict[str, Any]:
     return dict(containers[0])
 
 
+def operator_role(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    """The operator's own ClusterRole (not one aggregated into the built-in roles)."""
+    (role,) = [
+        r
+        for r in of_kind(objects, "ClusterRole")
+        if not any(
+            k.startswith("rbac.authorization.k8s.io/aggregate") for k in r["metadata"]["labels"]
+        )
+    ]
+    return role
+
+
 def schema_problems(values: dict[str, Any]) -> str:
     with helm.Chart.load(CHART_DIR) as chart, pytest.raises(helm.HelmValuesError) as caught:
         chart.validate_schema(values)
@@ -137,6 +149,8 @@ def test_the_default_render_is_crd_rbac_deployment_and_metrics_service() -> None
     objects = manifests()
     assert sorted(o["kind"] for o in objects) == [
         "ClusterRole",
+        "ClusterRole",  # aggregated into view
+        "ClusterRole",  # aggregated into edit
         "ClusterRoleBinding",
         "CustomResourceDefinition",
         "Deployment",
@@ -154,6 +168,7 @@ def test_the_deployment_runs_one_standalone_replica_recreated_not_rolled() -> No
     assert main["command"] == ["consul-sd"]
     assert main["args"] == [
         "--log-level=info",
+        "--log-format=text",
         "operator",
         "--standalone",
         "--all-namespaces",
@@ -195,7 +210,7 @@ def test_the_pod_is_non_root_read_only_without_capabilities_with_a_tmp_emptydir(
 
 def test_the_cluster_role_has_exactly_the_operators_rules_bound_to_its_service_account() -> None:
     objects = manifests()
-    role = one(objects, "ClusterRole")
+    role = operator_role(objects)
     assert role["rules"] == [*EXPECTED_RULES, CRD_OBSERVER_RULE]
     binding = one(objects, "ClusterRoleBinding")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
@@ -244,7 +259,7 @@ def test_a_namespace_list_gives_a_role_per_namespace_and_no_cluster_wide_access(
     assert all(r["rules"] == EXPECTED_RULES for r in roles)
     bindings = of_kind(objects, "RoleBinding")
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
-    (observer,) = of_kind(objects, "ClusterRole")
+    observer = operator_role(objects)
     assert observer["metadata"]["name"] == "consul-sd-operator-observer"
     assert observer["rules"] == [
         CRD_OBSERVER_RULE,
@@ -252,11 +267,12 @@ def test_a_namespace_list_gives_a_role_per_namespace_and_no_cluster_wide_access(
     ]
     args = container(objects)["args"]
     assert "--all-namespaces" not in args
-    assert args[3:5] == ["--namespace=team-a", "--namespace=team-b"]
+    assert args[4:6] == ["--namespace=team-a", "--namespace=team-b"]
 
 
 def test_observe_cluster_false_leaves_no_cluster_scoped_rbac_in_namespaced_mode() -> None:
-    objects = manifests({"watchNamespaces": ["team-a"], "rbac": {"observeCluster": False}})
+    values = {"observeCluster": False, "aggregateToDefaultRoles": False}
+    objects = manifests({"watchNamespaces": ["team-a"], "rbac": values})
     assert of_kind(objects, "ClusterRole") == []
     assert of_kind(objects, "ClusterRoleBinding") == []
 
@@ -271,7 +287,14 @@ def test_the_service_monitor_scrapes_the_metrics_service_when_enabled() -> None:
         monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     )
     assert monitor["spec"]["endpoints"] == [
-        {"port": "metrics", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}
+        {
+            "port": "metrics",
+            "path": "/metrics",
+            "interval": "30s",
+            "scrapeTimeout": "10s",
+            # The metrics' namespace and name are the ConsulDiscovery's: never exported_*.
+            "honorLabels": True,
+        }
     ]
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["consul-sd"]}
 
@@ -311,7 +334,7 @@ def test_custom_values_reach_the_deployment() -> None:
         "name": "custom-sa",
         "annotations": {"a": "b"},
     }
-    assert one(objects, "ClusterRole")["rules"] == EXPECTED_RULES
+    assert operator_role(objects)["rules"] == EXPECTED_RULES
     assert one(objects, "ClusterRoleBinding")["subjects"][0]["name"] == "custom-sa"
 
 

@@ -80,9 +80,21 @@ def ensure_namespace(control_plane: ControlPlane, name: str) -> None:
 
 
 def chart_rbac(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """The chart's identity and RBAC objects for release consul-sd-operator in consul-sd."""
+    """The chart's identity and RBAC objects for release consul-sd-operator in consul-sd.
+
+    The ClusterRoles aggregated into Kubernetes' view and edit roles are for users, not the
+    operator: they are left out.
+    """
     assert (RELEASE, RELEASE_NAMESPACE) == ("consul-sd-operator", OPERATOR_NAMESPACE)
-    return [item for item in manifests(values) if item["kind"] in RBAC_KINDS]
+    return [
+        item
+        for item in manifests(values)
+        if item["kind"] in RBAC_KINDS
+        and not any(
+            label.startswith("rbac.authorization.k8s.io/aggregate-to-")
+            for label in item["metadata"].get("labels", {})
+        )
+    ]
 
 
 def access(control_plane: ControlPlane, attributes: dict[str, Any]) -> bool:

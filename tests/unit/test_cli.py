@@ -80,7 +80,7 @@ async def test_discover_once_fails_with_one_clear_line_when_consul_is_down(
     assert out == ""
     errors = [line for line in err.splitlines() if line.startswith("consul-sd: error:")]
     assert len(errors) == 1
-    assert "ConsulUnreachable" in errors[0]
+    assert "cannot reach Consul at http://127.0.0.1:" in errors[0]
 
 
 async def test_an_invalid_flag_value_names_the_field(sim: ConsulSimulator) -> None:
@@ -182,7 +182,8 @@ async def test_an_unusable_token_file_is_one_usage_line_without_its_bytes(
     )
     assert code == 2
     assert out == ""
-    (line,) = err.strip().splitlines()
+    line, usage = err.strip().splitlines()
+    assert usage.startswith("usage: consul-sd discover ")
     assert line.startswith("consul-sd: error: --token-file: ") or line.startswith(
         f"consul-sd: error: --token-file {token_file}: "
     ), line

@@ -80,7 +80,12 @@ async def test_discover_once_never_imports_kopf_or_the_kubernetes_client(
 
 
 @pytest.mark.parametrize(
-    "args", [["--version"], ["discover", "--help"], ["operator", "--help"]], ids=" ".join
+    "args",
+    [
+        ["--version"],
+        *([command, "--help"] for command in ("discover", "operator", "validate", "convert")),
+    ],
+    ids=" ".join,
 )
 async def test_version_and_help_import_neither_the_engine_nor_kopf(
     args: list[str], tmp_path: Path

@@ -89,6 +89,15 @@ async def test_listen_answers_503_until_the_first_complete_snapshot_then_the_tar
         status, _, metrics = await get(unused_tcp_port, "/metrics")
         assert status == 200
         assert b"python_info" in metrics
+        # What users alert on, for the CLI's one discovery as for each CR of the operator.
+        synced = [
+            line
+            for line in metrics.splitlines()
+            if line.startswith(b"consul_sd_last_success_timestamp_seconds{")
+        ]
+        assert len(synced) == 1
+        assert b'name="discover"' in synced[0]
+        assert float(synced[0].rsplit(b" ", 1)[1]) > 0
     finally:
         log = await stop(process)
     assert "serving cli HTTP SD on 127.0.0.1" in log
@@ -120,7 +129,8 @@ async def test_listen_with_once_is_one_usage_line(sim: ConsulSimulator) -> None:
     )
     assert (code, out) == (2, "")
     assert err.splitlines() == [
-        "consul-sd: error: --listen serves until stopped: it does not go with --once"
+        "consul-sd: error: --listen serves until stopped: it does not go with --once",
+        "usage: consul-sd discover [OPTIONS] (see consul-sd discover --help)",
     ]
 
 

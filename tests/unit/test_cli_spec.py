@@ -93,4 +93,5 @@ def test_the_command_prints_one_usage_line_and_exits_2(
     assert main(["discover", "--spec", str(path), "--once"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"consul-sd: error: --spec {path}: 2 ConsulDiscovery objects")
-    assert err.count("\n") == 1
+    assert err.count("\n") == 2  # the error, then one line of usage
+    assert err.endswith("usage: consul-sd discover [OPTIONS] (see consul-sd discover --help)\n")

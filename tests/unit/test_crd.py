@@ -46,8 +46,11 @@ def test_schema_rules_reach_the_crd() -> None:
     assert properties["consul"]["required"] == ["server"]
 
 
-def test_printer_columns_show_mode_services_targets_ready_age() -> None:
+def test_printer_columns_show_status_and_last_sync_and_wide_adds_failed_and_outputs() -> None:
     version = yaml.safe_load(CRD_PATH.read_text())["spec"]["versions"][0]
-    columns = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert columns == ["Mode", "Services", "Targets", "Ready", "Age"]
+    printed = version["additionalPrinterColumns"]
+    columns = [c["name"] for c in printed if not c.get("priority")]
+    wide = [c["name"] for c in printed if c.get("priority") == 1]
+    assert columns == ["Mode", "Services", "Targets", "Ready", "Status", "Last Sync", "Age"]
+    assert wide == ["Failed", "Outputs"]
     assert version["subresources"] == {"status": {}}

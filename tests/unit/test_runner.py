@@ -189,7 +189,7 @@ async def test_the_status_sends_exactly_the_fields_it_knows() -> None:
     kube = FakeKube()
     sink = sink_for(kube)
     await sink.report_blocked(None)
-    assert set(kube.statuses[-1]) == {"observedGeneration", "conditions"}
+    assert set(kube.statuses[-1]) == {"observedGeneration", "conditions", "reason"}
     await sink.resume()
     requests = Counter({("catalog_services", "ok"): 1, ("health_service", "ok"): 4})
     await sink.publish(snapshot(4, duration=1.5, requests=requests))
@@ -197,6 +197,7 @@ async def test_the_status_sends_exactly_the_fields_it_knows() -> None:
     assert set(status) == {
         "observedGeneration",
         "conditions",
+        "reason",
         "mode",
         "services",
         "failedServices",

@@ -69,6 +69,11 @@ class ConsulDiscoveryStatus(_Model):
     conditions: list[Condition] = Field(
         default_factory=list, description="Ready, Degraded and Progressing."
     )
+    reason: str | None = Field(
+        default=None,
+        description="One word for kubectl's Status column: the Degraded reason while degraded, "
+        "else the Ready reason (Synced, or FirstSyncPending).",
+    )
     mode: Literal["Polling", "Blocking"] | None = Field(
         default=None,
         description="The mode in effect; absent while Auto has not chosen one yet.",

@@ -3,11 +3,13 @@
 ``consul-sd --version`` and ``--help`` answer from argparse alone: the top-level parser and every
 subcommand's flags live in :mod:`consul_sd.cli.arguments`, which imports nothing else. The work
 of a subcommand is in its own module (:mod:`consul_sd.cli.discover`,
-:mod:`consul_sd.cli.operator`), imported by :func:`main` only once that subcommand was chosen:
-the engine (pydantic, aiohttp, yaml) loads for ``discover``, kopf and the Kubernetes client only
-for ``operator``. ``tests/unit/test_cli_imports.py`` checks both.
+:mod:`consul_sd.cli.operator`, :mod:`consul_sd.cli.validate`), imported by :func:`main` only once
+that subcommand was chosen: the engine (pydantic, aiohttp, yaml) loads for ``discover``, kopf and
+the Kubernetes client only for ``operator``. ``tests/unit/test_cli_imports.py`` checks both.
 
-Errors the user caused are one line on stderr, ``consul-sd: error: ...``, exit 2.
+Every failure is one line on stderr, ``consul-sd: error: ...``: exit 2 for usage (followed by one
+line of usage), 1 for the rest, an unexpected error included; its traceback is logged only at
+``--log-level debug``.
 """
 
 from __future__ import annotations
@@ -17,25 +19,45 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from consul_sd.cli.arguments import UsageError, build_parser
+from consul_sd.cli import logs
+from consul_sd.cli.arguments import CommandError, UsageError, build_parser, usage_line
 
-__all__ = ["UsageError", "build_parser", "main"]
+__all__ = ["CommandError", "UsageError", "build_parser", "main"]
+
+logger = logging.getLogger("consul_sd")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(level=args.log_level, style=args.log_format)
     try:
         return _run(args)
     except UsageError as exc:
-        print(f"consul-sd: error: {exc}", file=sys.stderr)
+        _error(str(exc))
+        print(usage_line(f"consul-sd {args.command}"), file=sys.stderr)
         return 2
+    except CommandError as exc:
+        _error(str(exc))
+        return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        logger.debug("unexpected error", exc_info=exc)
+        leaf = _first_leaf(exc)
+        hint = "" if args.log_level == "debug" else " (--log-level debug shows where)"
+        _error(f"unexpected {type(leaf).__name__}: {leaf}{hint}")
+        return 1
+
+
+def _error(message: str) -> None:
+    print(logs.scrub(f"consul-sd: error: {message}".replace("\n", " ")), file=sys.stderr)
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    """The first real error inside (nested) exception groups, which say only "sub-exception"."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -50,4 +72,12 @@ def _run(args: argparse.Namespace) -> int:
         from consul_sd.cli import operator  # noqa: PLC0415 - kopf loads only for this command
 
         return operator.run(args)
+    if args.command == "validate":
+        from consul_sd.cli import validate  # noqa: PLC0415 - pydantic loads only when it runs
+
+        return validate.run(args)
+    if args.command == "convert":
+        from consul_sd.cli import convert  # noqa: PLC0415 - yaml loads only when it runs
+
+        return convert.run(args)
     raise AssertionError(f"no module for {args.command!r}")  # argparse offers only the above

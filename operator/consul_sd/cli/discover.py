@@ -1,13 +1,14 @@
 """``consul-sd discover``: the operator's engine for a Prometheus outside Kubernetes.
 
-Writes Prometheus file_sd JSON, once to a file or stdout (``--once``), or keeps ``--output``
-current and/or serves the targets as Prometheus HTTP SD (``--listen HOST:PORT``: ``/targets``,
-503 until the first complete snapshot; see :mod:`consul_sd.outputs.http_sd`) until
-SIGTERM/SIGINT. Its flags (in :mod:`consul_sd.cli.arguments`) mirror the
-ConsulDiscovery spec; ``--spec FILE`` reads a CR, its spec, or a multi-document file (``--name``
-picks the CR), and flags override it. Credentials come from flags or files only, because there
-is no Secret to read here; a spec that names Secrets must be given ``--token-file`` (or the TLS
-file flags) instead. The token is never printed.
+Writes Prometheus file_sd JSON, once to a file or stdout (``--once``, with progress on a
+terminal), or keeps ``--output`` current and/or serves the targets as Prometheus HTTP SD
+(``--listen HOST:PORT``: ``/targets``, 503 until the first complete snapshot; see
+:mod:`consul_sd.outputs.http_sd`) until SIGTERM/SIGINT, with a heartbeat line per publication.
+What it runs with (the spec, the flags over it, the CONSUL_* variables beneath them and the
+credential files) is :mod:`.config`'s. SIGHUP reads all of it again and restarts discovery
+seeded with the last targets, so the outputs never lose targets to a reload; a reload that fails
+is one ERROR line and the previous configuration keeps running. ``--output`` is checked before
+anything is discovered, and a write that fails later is retried (:mod:`.sinks`), never fatal.
 
 Imported by :func:`consul_sd.cli.main` only when this subcommand runs: it loads the engine
 (pydantic, aiohttp, yaml), never kopf or the Kubernetes client.
@@ -22,21 +23,30 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import yaml
-
-from consul_sd.api.names import KIND
-from consul_sd.api.spec import ConsulDiscoverySpec, SpecError, parse_spec
-from consul_sd.cli.arguments import UsageError
-from consul_sd.consul.client import ConsulClient
-from consul_sd.consul.endpoint import ConsulEndpoint, validate_token
-from consul_sd.consul.errors import ConsulCredentialError, ConsulError
+from consul_sd import metrics
+from consul_sd.api.durations import parse_duration
+from consul_sd.cli.arguments import CommandError, UsageError
+from consul_sd.cli.config import check_output, load_spec, resolve_endpoint
+from consul_sd.cli.environment import apply_credential_environment
+from consul_sd.cli.messages import describe_failure, nothing_matched
+from consul_sd.cli.progress import CountingClient, Heartbeat, OnceProgress, RequestTally
+from consul_sd.cli.sinks import RetryingFileSink
+from consul_sd.consul.endpoint import ConsulEndpoint
+from consul_sd.consul.errors import ConsulError
+from consul_sd.controller.conditions import consul_problem
 from consul_sd.discovery.query import DiscoveryQuery
 from consul_sd.discovery.run import discover_once, run_discovery
-from consul_sd.discovery.snapshots import DiscoveryIncomplete, Publish, Snapshot
-from consul_sd.endpoints import Credentials, build_client, build_endpoint
+from consul_sd.discovery.snapshots import (
+    DiscoveryIncomplete,
+    Publish,
+    Snapshot,
+    is_publishable,
+)
+from consul_sd.endpoints import connection_cap
 from consul_sd.outputs.filesd import FileSDWriter, write_atomically
 from consul_sd.outputs.http_sd import (
     RunningServer,
@@ -46,133 +56,27 @@ from consul_sd.outputs.http_sd import (
     stop_target_server,
 )
 from consul_sd.outputs.render import render_file_sd
+from consul_sd.targets import TargetGroup
 
 logger = logging.getLogger("consul_sd")
 
-
-def load_spec(args: argparse.Namespace) -> ConsulDiscoverySpec:
-    """The spec from ``--spec`` (a CR, its spec, or the ConsulDiscovery of a multi-document
-    file, ``--name`` choosing among several) with the flags laid over it."""
-    data: dict[str, Any] = {}
-    if args.spec is not None:
-        data = _spec_from_file(args.spec, name=args.name)
-    elif args.name is not None:
-        raise UsageError("--name goes with --spec")
-    consul = dict(data.get("consul") or {})
-    selector = dict(data.get("selector") or {})
-    _set_given(
-        consul,
-        server=args.server,
-        scheme=args.scheme,
-        pathPrefix=args.path_prefix,
-        datacenter=args.datacenter,
-        namespace=args.namespace,
-        partition=args.partition,
-        allowStale=args.allow_stale,
-    )
-    _set_given(
-        selector,
-        services=args.services,
-        tags=args.tags,
-        nodeMeta=args.node_meta,
-        filter=args.filter,
-        healthFilter=args.health_filter,
-    )
-    spec = dict(data, consul=consul, selector=selector)
-    spec.pop("output", None)  # outputs are the operator's; discover writes --output
-    _set_given(
-        spec,
-        tagSeparator=args.tag_separator,
-        mode=args.mode.capitalize() if args.mode else None,
-        maxConcurrent=args.max_concurrent,
-        refreshInterval=args.refresh_interval,
-        watchTimeout=args.watch_timeout,
-        resyncInterval=args.resync_interval,
-    )
-    if "server" not in consul:
-        raise UsageError("--server is required (or spec.consul.server in --spec)")
-    return parse_spec(spec)
+# Re-exported for tests and callers that knew it here.
+__all__ = ["load_spec", "run"]
 
 
-def _spec_from_file(path: Path, *, name: str | None) -> dict[str, Any]:
-    """The spec in ``path``: a bare spec, one CR, or the ConsulDiscovery of a multi-document
-    file (examples/ keep a Secret or a Prometheus beside it); ``name`` picks one of several."""
-    try:
-        documents = [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
-    except (OSError, yaml.YAMLError) as exc:
-        raise UsageError(f"--spec {path}: {exc}") from None
-    if not all(isinstance(doc, dict) for doc in documents):
-        raise UsageError(f"--spec {path}: a document is not a YAML mapping")
-    if len(documents) == 1 and "kind" not in documents[0] and name is None:
-        return _spec_of(path, documents[0])
-    found = [doc for doc in documents if doc.get("kind") == KIND]
-    names = [str((doc.get("metadata") or {}).get("name", "")) for doc in found]
-    if name is not None:
-        found = [doc for doc, doc_name in zip(found, names, strict=True) if doc_name == name]
-        if not found:
-            raise UsageError(
-                f"--spec {path}: no ConsulDiscovery named {name!r} (found: {names or 'none'})"
-            )
-    if not found:
-        raise UsageError(f"--spec {path}: no ConsulDiscovery in the file")
-    if len(found) > 1:
-        raise UsageError(
-            f"--spec {path}: {len(found)} ConsulDiscovery objects ({', '.join(names)}): "
-            "choose one with --name"
-        )
-    return _spec_of(path, found[0])
+@dataclass(frozen=True)
+class Setup:
+    """What one discovery run uses; built again from the files on SIGHUP."""
+
+    query: DiscoveryQuery
+    endpoint: ConsulEndpoint
+    services: list[str]
 
 
-def _spec_of(path: Path, document: dict[str, Any]) -> dict[str, Any]:
-    data = document.get("spec", document) if "kind" in document or "spec" in document else document
-    if not isinstance(data, dict):
-        raise UsageError(f"--spec {path}: spec is not a mapping")
-    return data
-
-
-def _set_given(target: dict[str, Any], **values: object) -> None:
-    """Set each value the command line gave (not None) over what the spec file said."""
-    for key, value in values.items():
-        if value is not None:
-            target[key] = value
-
-
-def resolve_endpoint(spec: ConsulDiscoverySpec, args: argparse.Namespace) -> ConsulEndpoint:
-    """The Consul endpoint with credentials from the flags and the files they name."""
-    consul = spec.consul
-    token = args.token
-    if args.token_file is not None:
-        token = _read(args.token_file, "--token-file")
-    if token is None and consul.token_secret_ref is not None:
-        raise UsageError("spec.consul.tokenSecretRef names a Secret: give --token-file instead")
-    if consul.basic_auth_secret_ref is not None:
-        raise UsageError("spec.consul.basicAuthSecretRef names a Secret: not supported here")
-    if (args.cert_file is None) != (args.key_file is None):
-        raise UsageError("--cert-file and --key-file go together")
-    credentials = Credentials(
-        token=token,
-        ca_pem=_read(args.ca_file, "--ca-file") if args.ca_file else None,
-        cert_pem=_read(args.cert_file, "--cert-file") if args.cert_file else None,
-        key_pem=_read(args.key_file, "--key-file") if args.key_file else None,
-        insecure_skip_verify=bool(args.insecure_skip_verify),
-        server_name=args.server_name,
-    )
-    try:
-        if credentials.token and credentials.token.strip():
-            validate_token(credentials.token)
-        return build_endpoint(consul, credentials)
-    except ConsulCredentialError as exc:
-        raise UsageError(f"{'--token-file' if args.token_file else '--token'}: {exc}") from None
-
-
-def _read(path: Path, flag: str) -> str:
-    try:
-        return path.read_bytes().decode()
-    except OSError as exc:
-        raise UsageError(f"{flag} {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        # The error's own text quotes the bytes, which may be a credential.
-        raise UsageError(f"{flag} {path}: not UTF-8 text (byte {exc.start})") from None
+def configure(args: argparse.Namespace, *, sources: dict[str, str]) -> Setup:
+    spec = load_spec(args)
+    endpoint = resolve_endpoint(spec, args, sources=sources)
+    return Setup(DiscoveryQuery.from_spec(spec), endpoint, list(spec.selector.services))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -182,77 +86,146 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--listen serves until stopped: it does not go with --once")
     if not args.once and args.output is None and args.listen is None:
         raise UsageError("give --once, --output FILE, --listen HOST:PORT, or --output with one")
+    if args.output is not None:
+        check_output(args.output)
     try:
-        spec = load_spec(args)
-    except SpecError as exc:
-        raise UsageError(str(exc)) from None
-    endpoint = resolve_endpoint(spec, args)
-    query = DiscoveryQuery.from_spec(spec)
+        heartbeat = parse_duration(args.heartbeat_interval)
+    except ValueError as exc:
+        raise UsageError(f"--heartbeat-interval: {exc}") from None
+    sources = apply_credential_environment(args, os.environ)
+    setup = configure(args, sources=sources)
     if args.once:
-        return asyncio.run(_discover_once(query=query, endpoint=endpoint, output=args.output))
+        show = args.progress == "always" or (args.progress == "auto" and sys.stderr.isatty())
+        return asyncio.run(_discover_once(setup, output=args.output, progress=show))
+    reconfigure = lambda: configure(args, sources=sources)  # noqa: E731 - read again on SIGHUP
     return asyncio.run(
-        _discover_forever(query=query, endpoint=endpoint, output=args.output, listen=args.listen)
+        _discover_forever(
+            setup,
+            reconfigure=reconfigure,
+            output=args.output,
+            listen=args.listen,
+            heartbeat_interval=heartbeat,
+        )
     )
 
 
-def _client(query: DiscoveryQuery, endpoint: ConsulEndpoint) -> ConsulClient:
-    return build_client(endpoint, max_concurrent=query.max_concurrent)
+CLI_METRICS_NAME = "discover"  # the name label of the CLI's one discovery (namespace "")
+# The metrics of this process's one discovery (consul_sd.metrics), across SIGHUP restarts.
+TRACKER = metrics.SyncTracker("", CLI_METRICS_NAME)
 
 
-async def _discover_once(
-    *, query: DiscoveryQuery, endpoint: ConsulEndpoint, output: Path | None
-) -> int:
-    async with _client(query, endpoint) as client:
+def _sync_interval(query: DiscoveryQuery) -> float:
+    if query.mode == "Polling":
+        return query.refresh_interval
+    return max(query.refresh_interval, query.watch_timeout)
+
+
+def _client(setup: Setup, tally: RequestTally) -> CountingClient:
+    # The long-polls beside the maxConcurrent service reads, as build_client sizes them.
+    cap = connection_cap(
+        max_concurrent=setup.query.max_concurrent, wake_on_change=setup.query.wake_on_change
+    )
+
+    def observe(*, endpoint: str, outcome: str, seconds: float) -> None:
+        tally(endpoint=endpoint, outcome=outcome, seconds=seconds)
+        TRACKER.observe(endpoint=endpoint, outcome=outcome, seconds=seconds)
+
+    return CountingClient(
+        matches=setup.query.matches,
+        endpoint=setup.endpoint,
+        max_connections=cap,
+        observer=observe,
+    )
+
+
+async def _discover_once(setup: Setup, *, output: Path | None, progress: bool) -> int:
+    tally = RequestTally()
+    started = asyncio.get_running_loop().time()
+    client = _client(setup, tally)
+    async with client:
+        reporter = OnceProgress(tally=tally, client=client) if progress else None
+        if reporter is not None:
+            reporter.start()
         try:
-            snapshot = await discover_once(query=query, client=client)
+            snapshot = await discover_once(query=setup.query, client=client)
         except (DiscoveryIncomplete, ConsulError) as exc:
-            print(f"consul-sd: error: {exc}", file=sys.stderr)
-            return 1
+            raise CommandError(describe_failure(exc, endpoint=setup.endpoint)) from None
+        finally:
+            if reporter is not None:
+                await reporter.stop()
     data = render_file_sd(snapshot.groups)
     if output is None:
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
     else:
-        write_atomically(output, data)
+        try:
+            write_atomically(output, data)
+        except OSError as exc:
+            raise CommandError(f"--output {output}: {exc.strerror or exc}") from None
+    _warn_if_empty(snapshot, services=setup.services)
+    elapsed = asyncio.get_running_loop().time() - started
     logger.info(
-        "discovered %d targets in %d services (%s, %d requests)",
+        "discovered %d targets in %d services in %.1fs (%s, %d Consul requests)",
         snapshot.targets,
         len(snapshot.groups),
+        elapsed,
         snapshot.mode,
-        sum(snapshot.requests.values()),
+        tally.requests,
     )
     return 0
 
 
+def _warn_if_empty(snapshot: Snapshot, *, services: list[str]) -> None:
+    if snapshot.targets == 0:
+        found = {name for name, group in snapshot.groups.items() if group}
+        logger.warning("%s", nothing_matched(services=services, found=found))
+
+
 async def _discover_forever(
+    setup: Setup,
     *,
-    query: DiscoveryQuery,
-    endpoint: ConsulEndpoint,
+    reconfigure: Callable[[], Setup],
     output: Path | None,
     listen: tuple[str, int] | None,
+    heartbeat_interval: float,
 ) -> int:
     """Keep ``output`` current and/or serve the targets at ``listen`` until SIGTERM/SIGINT."""
-    if output is not None and not output.parent.is_dir():
-        raise UsageError(f"--output {output}: directory {output.parent} does not exist")
-    writer = FileSDWriter(output) if output is not None else None
+    tally = RequestTally()
+    writer = RetryingFileSink(FileSDWriter(output)) if output is not None else None
     store = TargetStore()
     # The writer logs Consul's problems; without one, the HTTP sink does.
     served = SnapshotServer(store, log_problems=writer is None) if listen is not None else None
-    sinks = [sink.publish for sink in (writer, served) if sink is not None]
+    heartbeat = Heartbeat(tally=tally, interval=heartbeat_interval)
+    sinks = [sink.publish for sink in (writer, served, heartbeat) if sink is not None]
+    first = [True]
+    metrics.SYNC_INTERVAL.labels("", CLI_METRICS_NAME).set(_sync_interval(setup.query))
 
     async def publish(snapshot: Snapshot) -> None:
         for sink in sinks:
             await sink(snapshot)
+        written = is_publishable(snapshot, published_before=TRACKER.written_once)
+        TRACKER.published(snapshot, written=written)
+        problem = consul_problem(snapshot)
+        metrics.set_degraded("", CLI_METRICS_NAME, problem.reason if problem else None)
+        if first[0] and snapshot.complete:
+            first[0] = False
+            _warn_if_empty(snapshot, services=setup.services)
 
     server = await _listen(store, listen) if listen is not None else None
+    background = [asyncio.create_task(heartbeat.run())]
+    if writer is not None:
+        background.append(asyncio.create_task(writer.retry_forever()))
     try:
-        await _until_signal(query=query, endpoint=endpoint, publish=publish)
+        await _supervise(setup, reconfigure=reconfigure, publish=publish, heartbeat=heartbeat)
     finally:
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         if server is not None:
             await stop_target_server(server)
     logger.info(
         "stopped after %d writes, %d snapshots served",
-        writer.writes if writer is not None else 0,
+        writer.writer.writes if writer is not None else 0,
         served.served if served is not None else 0,
     )
     return 0
@@ -267,13 +240,71 @@ async def _listen(store: TargetStore, listen: tuple[str, int]) -> RunningServer:
         raise UsageError(f"--listen {host}:{port}: {reason}") from None
 
 
-async def _until_signal(
-    *, query: DiscoveryQuery, endpoint: ConsulEndpoint, publish: Publish
+@dataclass
+class _Control:
+    """What every discovery run of one process shares: how to publish, count and reload."""
+
+    reconfigure: Callable[[], Setup]
+    publish: Publish
+    tally: RequestTally
+    stop: asyncio.Event
+    reload: asyncio.Event
+
+
+async def _supervise(
+    setup: Setup, *, reconfigure: Callable[[], Setup], publish: Publish, heartbeat: Heartbeat
 ) -> None:
+    """Run discovery until SIGTERM/SIGINT; on SIGHUP, restart it with what ``reconfigure``
+    reads, seeded with the last published targets."""
     loop = asyncio.get_running_loop()
-    async with _client(query, endpoint) as client:
-        task = asyncio.create_task(run_discovery(query=query, client=client, publish=publish))
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, task.cancel)
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    control = _Control(reconfigure, publish, heartbeat.tally, asyncio.Event(), asyncio.Event())
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, control.stop.set)
+    loop.add_signal_handler(signal.SIGHUP, control.reload.set)
+    try:
+        while not control.stop.is_set():
+            last = heartbeat.last
+            # The targets the outputs hold: a service the new run cannot read yet keeps them.
+            seed = dict(last.groups) if last is not None and last.groups else None
+            setup = await _run_until_reload(setup, control=control, seed=seed)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(signum)
+
+
+async def _run_until_reload(
+    setup: Setup, *, control: _Control, seed: Mapping[str, TargetGroup] | None
+) -> Setup:
+    """One discovery run, until ``stop`` or a ``reload`` that read a usable configuration."""
+    async with _client(setup, control.tally) as client:
+        task = asyncio.create_task(
+            run_discovery(query=setup.query, client=client, publish=control.publish, seed=seed)
+        )
+        try:
+            while True:
+                await _first_of(task, control.stop, control.reload)
+                if task.done():
+                    task.result()  # the engine gave up: its error ends the command
+                if control.stop.is_set():
+                    return setup
+                control.reload.clear()
+                try:
+                    new = control.reconfigure()
+                except UsageError as exc:
+                    logger.error("SIGHUP: %s; the previous configuration keeps running", exc)
+                    continue
+                logger.info("SIGHUP: configuration read again; restarting discovery")
+                return new
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def _first_of(task: asyncio.Task[None], *events: asyncio.Event) -> None:
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait([task, *waits], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waits:
+            waiter.cancel()

@@ -15,6 +15,11 @@ startup handler, stopped in the cleanup handler; its target store reaches every 
 kopf's memo, and a deleted CR is forgotten by the store (404; an exiting operator forgets
 nothing: its last answers stay the targets). Handlers are never attached to the generated
 ConfigMaps or ScrapeConfigs, whose annotations kopf would otherwise fill.
+
+Logging: the startup handler puts :class:`~.runner.NameTheCR` on the log handlers the command
+configured (every line about a CR names it, kopf's own included) and drops the access-log
+lines of probe requests (:class:`DropProbes`: kopf's liveness server would log one per kubelet
+probe); other requests to that server are still logged.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import kopf
 from consul_sd import metrics
 from consul_sd.api.names import FINALIZER, GROUP, PLURAL, VERSION
 from consul_sd.controller.progress import PROGRESS
-from consul_sd.controller.runner import HTTPSDServing, run_generation, store_key
+from consul_sd.controller.runner import HTTPSDServing, NameTheCR, run_generation, store_key
 from consul_sd.kube import DiscoveryRef, Kube
 from consul_sd.loops import cancel_and_wait
 from consul_sd.outputs import http_sd
@@ -54,7 +59,30 @@ def configure(*, settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> 
     settings.watching.client_timeout = 330
     # Every other request of kopf's own (patches, events) is bounded too.
     settings.networking.request_timeout = 30
+    install_log_filters()
     memo.kube = Kube.from_environment()
+
+
+# The paths the kubelet probes (the chart's liveness and readiness probes hit kopf's /healthz).
+PROBE_PATHS = ("/healthz",)
+
+
+class DropProbes(logging.Filter):
+    """Drop aiohttp access-log lines of probe requests; every other line passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(f" {path} " in message or f" {path}?" in message for path in PROBE_PATHS)
+
+
+def install_log_filters() -> None:
+    """NameTheCR on every handler of the root logger, DropProbes on aiohttp's access log; once."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, NameTheCR) for f in handler.filters):
+            handler.addFilter(NameTheCR())
+    access = logging.getLogger("aiohttp.access")
+    if not any(isinstance(f, DropProbes) for f in access.filters):
+        access.addFilter(DropProbes())
 
 
 @kopf.on.startup()

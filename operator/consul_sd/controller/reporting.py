@@ -12,6 +12,9 @@ the status subresource and Events:
 - It is patched when it changes; a change of the per-cycle counters alone (:data:`_VOLATILE`)
   is sent at most every :data:`STATUS_MIN_INTERVAL`. A failed patch is logged, never raised:
   the next report carries the same news.
+- On a quiet Blocking fleet no snapshot is published; :meth:`StatusReporter.confirm_sync` then
+  moves ``lastSyncTime`` alone, when the runner says Consul confirmed the targets.
+- The ``consul_sd_degraded`` metric follows the Degraded condition, by reason.
 - Events mark transitions into a problem (one Warning per new reason) and out of it (Normal
   ``Recovered``), not every cycle.
 
@@ -27,6 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from consul_sd import metrics
 from consul_sd.api.durations import format_duration
 from consul_sd.api.status import Condition, ConsulDiscoveryStatus, OutputRef, Problem
 from consul_sd.controller.conditions import update_conditions
@@ -79,7 +83,11 @@ def build_status(
     synced_at: str | None,
 ) -> ConsulDiscoveryStatus:
     """The status of a generation; ``synced_at``: when ``snapshot`` was written, if it was."""
-    status = ConsulDiscoveryStatus(observed_generation=generation, conditions=list(conditions))
+    status = ConsulDiscoveryStatus(
+        observed_generation=generation,
+        conditions=list(conditions),
+        reason=summary_reason(conditions),
+    )
     if snapshot is not None:
         # None while Auto has not chosen a mode: sent as null, so a merge patch removes the mode
         # an earlier worker reported.
@@ -95,6 +103,15 @@ def build_status(
         status.targets = written.targets
         status.outputs = list(written.outputs)
     return status
+
+
+def summary_reason(conditions: Sequence[Condition]) -> str | None:
+    """The Status column: what is wrong (the Degraded reason), else how far along (Ready's)."""
+    by_type = {condition.type: condition for condition in conditions}
+    degraded, ready = by_type.get("Degraded"), by_type.get("Ready")
+    if degraded is not None and degraded.status == "True":
+        return degraded.reason
+    return ready.reason if ready is not None else None
 
 
 def status_patch(
@@ -150,6 +167,9 @@ class StatusReporter:
             now=now,
         )
         await self._announce(problem)
+        metrics.set_degraded(
+            self.ref.namespace, self.ref.name, problem.reason if problem is not None else None
+        )
         status = build_status(
             generation=self.generation,
             conditions=self._conditions,
@@ -158,6 +178,10 @@ class StatusReporter:
             synced_at=now if synced else None,
         )
         await self._patch_status(status)
+
+    async def confirm_sync(self) -> None:
+        """Only ``lastSyncTime``: Consul confirmed the targets without a publication."""
+        await self._send(status_patch(ConsulDiscoveryStatus(last_sync_time=_now())))
 
     async def _announce(self, problem: Problem | None) -> None:
         previous, self._degraded = self._degraded, problem
@@ -181,12 +205,18 @@ class StatusReporter:
             and now - self._last_status_at < STATUS_MIN_INTERVAL
         ):
             return
+        if await self._send(status_patch(status)):
+            self._last_significant = significant
+            self._last_status_at = now
+
+    async def _send(self, patch: Mapping[str, Any]) -> bool:
+        """Whether the status patch landed; a failure is logged and left to the next report."""
         try:
-            await self.kube.patch_status(ref=self.ref, status=status_patch(status))
+            await self.kube.patch_status(ref=self.ref, status=patch)
         except KubeError as exc:
-            if exc.status == 404:
-                return  # the CR is being deleted
-            logger.warning("%s/%s: status not written: %s", self.ref.namespace, self.ref.name, exc)
-            return
-        self._last_significant = significant
-        self._last_status_at = now
+            if exc.status != 404:  # 404: the CR is being deleted
+                logger.warning(
+                    "%s/%s: status not written: %s", self.ref.namespace, self.ref.name, exc
+                )
+            return False
+        return True

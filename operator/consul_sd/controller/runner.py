@@ -27,11 +27,21 @@ import kopf, so it is tested against a fake :class:`KubeAPI` or a real apiserver
   :class:`consul_sd.outputs.publisher.OutputPublisher` (superset-first, owned objects only), nothing
   before the first complete snapshot; status and events are :mod:`.reporting`'s, the
   conditions :mod:`.conditions`'.
+- Every log line about a CR names it (``namespace/name: ...``): :func:`run_generation` marks
+  its task (and so every task the worker starts) with :data:`CURRENT_CR`, and
+  :class:`NameTheCR`, a filter on the log handlers, prefixes lines from that context, or from
+  kopf's per-object loggers, that do not name it already; it also sets ``record.cr`` for a
+  structured formatter.
+- The metrics of each publication and the last-success rule are
+  :class:`consul_sd.metrics.SyncTracker`'s (shared with the CLI): a failure reaches the sink as
+  a publication (within a second in Blocking, at the end of the cycle in Polling), which stops
+  the Consul answers' confirmations until a clean one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 import traceback
@@ -42,6 +52,7 @@ from typing import Any, Protocol
 from consul_sd import metrics
 from consul_sd.api.spec import (
     ConsulDiscoverySpec,
+    Output,
     SecretKeyRef,
     SpecError,
     parse_spec,
@@ -77,6 +88,7 @@ from consul_sd.endpoints import build_client
 from consul_sd.kube import DiscoveryRef, KubeError, SecretInvalid, SecretNotFound
 from consul_sd.loops import Backoff, cancel_and_wait
 from consul_sd.outputs.publisher import OutputAPI, OutputPublisher
+from consul_sd.outputs.shards import SCRAPE_CONFIG_MAX_BYTES
 from consul_sd.targets import TargetGroup, count_targets
 
 logger = logging.getLogger(__name__)
@@ -85,18 +97,55 @@ SECRET_RECHECK_SECONDS = 60.0
 # A publication whose write failed (the apiserver away) is written again this often until it
 # lands: Blocking publishes only on a change, so a quiet fleet would otherwise never retry it.
 REWRITE_SECONDS = 10.0
+# lastSyncTime follows the Consul answers that confirm a quiet fleet's targets this often at
+# most (a status patch per CR per minute), when no publication moved it in between.
+SYNC_STATUS_SECONDS = 60.0
 RESTART_BACKOFF_CAP = 60.0
 # A worker that ran this long before it failed starts its backoff from the beginning again.
 STABLE_RUN_SECONDS = 300.0
 
 __all__ = [
+    "CURRENT_CR",
     "GenerationSink",
     "HTTPSDServing",
     "KubeAPI",
+    "NameTheCR",
     "TargetServer",
     "describe_failure",
     "run_generation",
 ]
+
+# The CR (namespace/name) a task works for: set by run_generation, inherited by the tasks it
+# starts, read by NameTheCR.
+CURRENT_CR: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "consul_sd_cr", default=None
+)
+
+
+class NameTheCR(logging.Filter):
+    """Prefix ``namespace/name: `` to every log line about a CR that does not start with it.
+
+    The CR is the task's (:data:`CURRENT_CR`) or that of a kopf per-object logger (its
+    ``k8s_ref``). Installed on handlers, so it sees the records of every logger; it never drops
+    a record.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        cr = _record_cr(record)
+        if cr is None:
+            return True
+        record.cr = cr
+        if not record.getMessage().startswith(f"{cr}:"):
+            record.msg, record.args = f"{cr}: {record.getMessage()}", None
+        return True
+
+
+def _record_cr(record: logging.LogRecord) -> str | None:
+    ref = getattr(record, "k8s_ref", None)
+    if isinstance(ref, Mapping) and ref.get("name"):
+        return f"{ref.get('namespace') or ''}/{ref['name']}".lstrip("/")
+    return CURRENT_CR.get()
+
 
 # What a Secret recheck read: the new values, or why they cannot be used. The next start takes
 # it instead of reading the Secrets again.
@@ -176,6 +225,10 @@ class GenerationSink:
         # The latest publishable snapshot whose write failed, until one lands.
         self.unwritten: Snapshot | None = None
         self._publishing = asyncio.Lock()  # the worker's publications and the rewrites
+        self.tracker = metrics.SyncTracker(ref.namespace, ref.name)
+        self._status_synced_at: float | None = None  # the tracker's time status last showed
+        self._limits = output_limits(spec.output)
+        metrics.SYNC_INTERVAL.labels(ref.namespace, ref.name).set(sync_interval(spec))
 
     @property
     def published(self) -> bool:
@@ -218,12 +271,7 @@ class GenerationSink:
             await self._publish(snapshot)
 
     async def _publish(self, snapshot: Snapshot) -> None:
-        ns, cr = self.ref.namespace, self.ref.name
         with PROGRESS.publishing(_key(self.ref)):
-            # Auto publishes before it chose a mode only when Consul failed from the start.
-            metrics.CYCLES.labels(ns, cr, snapshot.mode or "Auto").inc()
-            if snapshot.duration:  # every mode, as lastSyncDuration
-                metrics.CYCLE_DURATION.labels(ns, cr).observe(snapshot.duration)
             problem: Problem | None = None
             synced = is_publishable(snapshot, published_before=self.published)
             if synced and self._store is not None:
@@ -244,15 +292,35 @@ class GenerationSink:
                         served=self._store is not None,
                     )
                     self.seed = snapshot.groups
-                    metrics.TARGETS.labels(ns, cr).set(snapshot.targets)
-            metrics.SERVICES.labels(ns, cr).set(snapshot.matched)
-            metrics.FAILED_SERVICES.labels(ns, cr).set(len(snapshot.failed))
+                    self._record_outputs()
+            self.tracker.published(snapshot, written=synced)
+            if synced:
+                self._status_synced_at = self.tracker.synced_at
             await self.status.report(
                 snapshot=snapshot,
                 problem=problem or consul_problem(snapshot),
                 written=self.written,
                 synced=synced,
             )
+
+    async def refresh_sync_time(self) -> None:
+        """Move lastSyncTime to the latest confirmation, if no publication did for a while."""
+        confirmed, shown = self.tracker.synced_at, self._status_synced_at
+        if confirmed is None or shown is None or confirmed - shown < SYNC_STATUS_SECONDS:
+            return
+        self._status_synced_at = confirmed
+        await self.status.confirm_sync()
+
+    def _record_outputs(self) -> None:
+        """The bytes each output kind holds against its limit (consul_sd_output_*_bytes)."""
+        sizes = dict.fromkeys(self._limits, 0)
+        for output in self.outputs.outputs:
+            sizes[output.kind] = sizes.get(output.kind, 0) + output.bytes
+        metrics.set_output_sizes(
+            self.ref.namespace,
+            self.ref.name,
+            {kind: (size, self._limits.get(kind, 0)) for kind, size in sizes.items()},
+        )
 
     async def report_blocked(self, problem: Problem | None) -> None:
         """Discovery is not running (invalid spec, missing Secret, a failure); outputs stay."""
@@ -263,11 +331,29 @@ class GenerationSink:
         )
 
 
-def _observer(ref: DiscoveryRef) -> RequestObserver:
-    key = _key(ref)
+def output_limits(output: Output) -> dict[str, int]:
+    """The bytes each output kind can hold before its writes fail with OutputTooLarge."""
+    limits = {}
+    if output.config_map is not None:
+        limits["ConfigMap"] = output.config_map.max_shards * output.config_map.max_shard_bytes
+    scrape = output.scrape_config
+    if scrape is not None and scrape.targets_from != "HTTPSD":
+        limits["ScrapeConfig"] = 256 * SCRAPE_CONFIG_MAX_BYTES  # the shard planner's bound
+    return limits
+
+
+def sync_interval(spec: ConsulDiscoverySpec) -> float:
+    """How often the targets are confirmed current when all is well (see SYNC_INTERVAL)."""
+    if spec.mode == "Polling":
+        return spec.refresh_seconds
+    return max(spec.refresh_seconds, spec.watch_seconds)
+
+
+def _observer(sink: GenerationSink) -> RequestObserver:
+    key = _key(sink.ref)
 
     def observe(*, endpoint: str, outcome: str, seconds: float) -> None:
-        metrics.CONSUL_REQUESTS.labels(ref.namespace, ref.name, endpoint, outcome).inc()
+        sink.tracker.observe(endpoint=endpoint, outcome=outcome, seconds=seconds)
         PROGRESS.step(key)
 
     return observe
@@ -288,6 +374,7 @@ async def run_generation(
     an operator restart), so the outputs it holds are a complete set of this generation.
     ``serving``: the operator's HTTP SD endpoint, None when it serves none.
     """
+    CURRENT_CR.set(_key(ref))  # this task's context: every task it starts inherits it
     reporter = StatusReporter(kube=kube, ref=ref, generation=generation)
     try:
         spec = parse_spec(spec_data, require_output=True)
@@ -380,7 +467,10 @@ async def _run_worker(
     sink.expect(resolved.http_sd_token)
     query = DiscoveryQuery.from_spec(spec)
     client = build_client(
-        resolved.endpoint, max_concurrent=spec.max_concurrent, observer=_observer(ref)
+        resolved.endpoint,
+        max_concurrent=spec.max_concurrent,
+        wake_on_change=spec.wake_on_change,
+        observer=_observer(sink),
     )
     async with client:
         worker = asyncio.create_task(
@@ -441,6 +531,7 @@ async def _until_credentials_change(
             worker.result()
             raise RuntimeError("the discovery worker stopped")
         await sink.rewrite()
+        await sink.refresh_sync_time()
         if loop.time() < recheck_at:
             continue
         recheck_at = loop.time() + SECRET_RECHECK_SECONDS

@@ -37,6 +37,8 @@ from consul_sd.loops import TokenBucket
 # ~46 ms at 7000 services (measured), the other three under 2 ms.
 CATALOG_WAKE_PERIOD = 2.0
 TABLE_WAKE_PERIOD = 1.0
+# The long-polls held beside maxConcurrent reads (see consul_sd.endpoints.connection_cap).
+TABLE_WATCHES = 4
 _Read = Callable[[int, float], Awaitable[tuple[Any, int]]]
 
 
@@ -78,7 +80,7 @@ class TableWatches:
 
     def gate(self) -> ChangeGate | None:
         """The change gate of the latest answers; ``None`` while any watch has none."""
-        if len(self._answers) < 4:
+        if len(self._answers) < TABLE_WATCHES:
             return None
         catalog, services = self._answers["catalog"]
         critical, at_critical = self._answers["critical"]

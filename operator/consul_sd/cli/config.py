@@ -1,0 +1,190 @@
+"""What ``consul-sd discover`` runs with: the spec and the Consul endpoint, from every source.
+
+The spec comes from ``--spec`` with the flags laid over it; the address, when neither gives
+one, from ``CONSUL_HTTP_ADDR`` (else the consul CLI's default, 127.0.0.1:8500); credentials
+and TLS from the flags, else the CONSUL_* variables (:mod:`.environment`). Credentials come from
+flags, files and variables only, because there is no Secret to read here: a spec that names
+Secrets must be given the file flags instead. Every credential read is registered with
+:func:`consul_sd.cli.logs.redact`, so no line this command prints can carry it. Called again on
+SIGHUP, which is why the files are read here and not once at start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from consul_sd.api.spec import ConsulDiscoverySpec, SpecError, parse_spec
+from consul_sd.cli import logs
+from consul_sd.cli.arguments import DEFAULT_SERVER, UsageError
+from consul_sd.cli.environment import Address, environment_address, split_address
+from consul_sd.cli.specfile import friendly_problem, spec_from_file
+from consul_sd.consul.endpoint import ConsulEndpoint, validate_basic_auth, validate_token
+from consul_sd.consul.errors import ConsulCredentialError
+from consul_sd.endpoints import Credentials, build_endpoint
+
+
+def load_spec(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> ConsulDiscoverySpec:
+    """The spec from ``--spec`` (a CR, its spec, or the ConsulDiscovery of a multi-document
+    file, ``--name`` choosing among several) with the flags laid over it."""
+    data: dict[str, Any] = {}
+    if args.spec is not None:
+        data = spec_from_file(args.spec, name=args.name)
+    elif args.name is not None:
+        raise UsageError("--name goes with --spec")
+    consul = dict(data.get("consul") or {})
+    _set_address(consul, args, env=os.environ if environ is None else environ)
+    _set_given(
+        consul,
+        datacenter=args.datacenter,
+        namespace=args.namespace,
+        partition=args.partition,
+        allowStale=args.allow_stale,
+    )
+    selector = dict(data.get("selector") or {})
+    _set_given(
+        selector,
+        services=args.services,
+        tags=args.tags,
+        nodeMeta=args.node_meta,
+        filter=args.filter,
+        healthFilter=args.health_filter,
+    )
+    spec = dict(data, consul=consul, selector=selector)
+    spec.pop("output", None)  # outputs are the operator's; discover writes --output
+    if isinstance(spec.get("mode"), str):
+        spec["mode"] = spec["mode"].capitalize()  # modes in any case, as the flag takes them
+    _set_given(
+        spec,
+        tagSeparator=args.tag_separator,
+        mode=args.mode.capitalize() if args.mode else None,
+        maxConcurrent=args.max_concurrent,
+        refreshInterval=args.refresh_interval,
+        watchTimeout=args.watch_timeout,
+        resyncInterval=args.resync_interval,
+        wakeOnChange=args.wake_on_change,
+    )
+    try:
+        return parse_spec(spec)
+    except SpecError as exc:
+        raise UsageError("; ".join(map(friendly_problem, exc.problems))) from None
+
+
+def _set_address(
+    consul: dict[str, Any], args: argparse.Namespace, *, env: Mapping[str, str]
+) -> None:
+    """server, scheme and pathPrefix: the flags, else --spec, else CONSUL_HTTP_ADDR, else
+    the default; a URL's scheme counts as --scheme unless --scheme says otherwise."""
+    address: Address | None = None
+    if args.server is not None:
+        address = split_address(args.server, source="--server")
+        if address.scheme and args.scheme and address.scheme != args.scheme:
+            raise UsageError(
+                f"--server {args.server} says {address.scheme}, --scheme {args.scheme}: drop one"
+            )
+    elif "server" not in consul:
+        from_env = environment_address(env)
+        address = from_env[0] if from_env else Address(server=DEFAULT_SERVER)
+    if address is not None:
+        consul["server"] = address.server
+        _set_given(consul, scheme=address.scheme, pathPrefix=address.path_prefix)
+    _set_given(consul, scheme=args.scheme, pathPrefix=args.path_prefix)
+
+
+def _set_given(target: dict[str, Any], **values: object) -> None:
+    """Set each value the command line gave (not None) over what the spec file said."""
+    for key, value in values.items():
+        if value is not None:
+            target[key] = value
+
+
+def resolve_endpoint(
+    spec: ConsulDiscoverySpec, args: argparse.Namespace, *, sources: Mapping[str, str]
+) -> ConsulEndpoint:
+    """The Consul endpoint with credentials from the flags, variables and the files they name.
+
+    ``sources`` names the variable an attribute came from, for messages (else the flag).
+    """
+    consul = spec.consul
+    token_flag = sources.get("token_file", "--token-file") if args.token_file else None
+    token = _read(args.token_file, token_flag) if token_flag else args.token
+    token_flag = token_flag or sources.get("token", "--token")
+    if token is None and consul.token_secret_ref is not None:
+        raise UsageError("spec.consul.tokenSecretRef names a Secret: give --token-file instead")
+    basic_auth = _basic_auth(args, secret_named=consul.basic_auth_secret_ref is not None)
+    if basic_auth is not None and token and token.strip():
+        raise UsageError("give an ACL token or basic auth, not both (Consul reads only one)")
+    if (args.cert_file is None) != (args.key_file is None):
+        raise UsageError("--cert-file and --key-file go together (CONSUL_CLIENT_CERT/_KEY)")
+    credentials = Credentials(
+        token=token,
+        basic_auth=basic_auth,
+        ca_pem=_read_given(args.ca_file, sources.get("ca_file", "--ca-file")),
+        cert_pem=_read_given(args.cert_file, sources.get("cert_file", "--cert-file")),
+        key_pem=_read_given(args.key_file, sources.get("key_file", "--key-file")),
+        insecure_skip_verify=bool(args.insecure_skip_verify),
+        server_name=args.server_name,
+    )
+    logs.redact(token)
+    try:
+        if token and token.strip():
+            validate_token(token)
+        return build_endpoint(consul, credentials)
+    except ConsulCredentialError as exc:
+        raise UsageError(f"{token_flag}: {exc}") from None
+    except (OSError, ValueError) as exc:  # ssl: a PEM that does not load
+        raise UsageError(f"TLS files: {_ssl_problem(exc)}") from None
+
+
+def _basic_auth(args: argparse.Namespace, *, secret_named: bool) -> tuple[str, str] | None:
+    if (args.basic_auth_user is None) != (args.basic_auth_password_file is None):
+        raise UsageError("--basic-auth-user and --basic-auth-password-file go together")
+    if args.basic_auth_user is None:
+        if secret_named:
+            raise UsageError(
+                "spec.consul.basicAuthSecretRef names a Secret: give --basic-auth-user and "
+                "--basic-auth-password-file instead"
+            )
+        return None
+    password = _read(args.basic_auth_password_file, "--basic-auth-password-file").rstrip("\r\n")
+    logs.redact(password)
+    try:
+        validate_basic_auth(args.basic_auth_user, password)
+    except ConsulCredentialError as exc:
+        raise UsageError(f"--basic-auth-user/--basic-auth-password-file: {exc}") from None
+    return args.basic_auth_user, password
+
+
+def _ssl_problem(exc: Exception) -> str:
+    reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
+    return f"cannot load the CA, certificate or key ({reason})"
+
+
+def _read_given(path: Path | None, flag: str) -> str | None:
+    return _read(path, flag) if path is not None else None
+
+
+def _read(path: Path, flag: str) -> str:
+    try:
+        return path.read_bytes().decode()
+    except OSError as exc:
+        raise UsageError(f"{flag} {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        # The error's own text quotes the bytes, which may be a credential.
+        raise UsageError(f"{flag} {path}: not UTF-8 text (byte {exc.start})") from None
+
+
+def check_output(path: Path) -> None:
+    """Before any discovery: ``--output`` must be a file path in a writable directory."""
+    if path.is_dir():
+        raise UsageError(f"--output {path}: is a directory; give the path of a file in it")
+    parent = path.parent
+    if not parent.is_dir():
+        raise UsageError(f"--output {path}: directory {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"--output {path}: directory {parent} is not writable by this user")

@@ -1,0 +1,83 @@
+"""ConsulDiscovery YAML files as the CLI reads them: every document, with its file and index.
+
+``discover --spec`` takes one spec out of a file (a bare spec, one CR, or the ConsulDiscovery of
+a kubectl-style multi-document file, ``--name`` choosing among several); ``validate`` checks every
+ConsulDiscovery in it. A YAML syntax error is one line naming the file, line and column, never
+PyYAML's multi-line dump. Reading only: what a spec means is :mod:`consul_sd.api.spec`'s.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from consul_sd.api.names import KIND
+from consul_sd.cli.arguments import UsageError
+
+
+def read_documents(path: Path, *, flag: str = "", keep_empty: bool = False) -> list[Any]:
+    """Every document of ``path`` (``keep_empty``: empty ones as None, so indexes count every
+    document); :class:`UsageError` naming the file if unreadable."""
+    where = f"{flag} {path}".strip()
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise UsageError(f"{where}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{where}: not UTF-8 text (byte {exc.start})") from None
+    try:
+        return [doc for doc in yaml.safe_load_all(text) if keep_empty or doc is not None]
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        position = f"line {mark.line + 1} column {mark.column + 1}: " if mark else ""
+        raise UsageError(f"{where}: invalid YAML at {position}{exc.problem}") from None
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{where}: invalid YAML ({str(exc).splitlines()[0]})") from None
+
+
+def spec_from_file(path: Path, *, name: str | None) -> dict[str, Any]:
+    """The spec in ``path``: a bare spec, one CR, or the ConsulDiscovery of a multi-document
+    file (examples/ keep a Secret or a Prometheus beside it); ``name`` picks one of several."""
+    documents = read_documents(path, flag="--spec")
+    if not all(isinstance(doc, dict) for doc in documents):
+        raise UsageError(f"--spec {path}: a document is not a YAML mapping")
+    if not documents:
+        raise UsageError(f"--spec {path}: the file holds no document")
+    if len(documents) == 1 and "kind" not in documents[0] and name is None:
+        return _spec_of(path, documents[0])
+    found = [doc for doc in documents if doc.get("kind") == KIND]
+    names = [str((doc.get("metadata") or {}).get("name", "")) for doc in found]
+    if name is not None:
+        found = [doc for doc, doc_name in zip(found, names, strict=True) if doc_name == name]
+        if not found:
+            raise UsageError(
+                f"--spec {path}: no ConsulDiscovery named {name!r} (found: {names or 'none'})"
+            )
+    if not found:
+        raise UsageError(f"--spec {path}: no ConsulDiscovery in the file")
+    if len(found) > 1:
+        raise UsageError(
+            f"--spec {path}: {len(found)} ConsulDiscovery objects ({', '.join(names)}): "
+            "choose one with --name"
+        )
+    return _spec_of(path, found[0])
+
+
+def _spec_of(path: Path, document: dict[str, Any]) -> dict[str, Any]:
+    data = document.get("spec", document) if "kind" in document or "spec" in document else document
+    if not isinstance(data, dict):
+        raise UsageError(f"--spec {path}: spec is not a mapping")
+    return data
+
+
+def friendly_problem(problem: str) -> str:
+    """A spec problem as users read it: the address rule in words rather than as a pattern."""
+    if problem.startswith("spec.consul.server:") and "does not match" in problem:
+        value = problem.split(":", 1)[1].split(" does not match", maxsplit=1)[0].strip()
+        return (
+            f"spec.consul.server: {value} is not host:port "
+            "(the scheme goes in spec.consul.scheme, a path in pathPrefix)"
+        )
+    return problem

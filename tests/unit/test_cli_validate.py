@@ -1,0 +1,62 @@
+"""``consul-sd validate FILE...``: ConsulDiscovery YAML checked offline, one line per problem.
+
+Real processes on files written here and on examples/; no cluster, no Consul.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.unit.test_cli import run
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
+
+GOOD = """apiVersion: consul-sd.io/v1alpha1
+kind: ConsulDiscovery
+metadata: {name: web}
+spec:
+  consul: {server: consul:8500}
+  output: {configMap: {name: web-targets}}
+"""
+SECRET = "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData: {token: x}\n"
+
+
+async def test_the_examples_are_valid() -> None:
+    code, out, err = await run("validate", *map(str, EXAMPLES))
+    assert (code, out) == (0, ""), err
+    assert f"{len(EXAMPLES)} ConsulDiscovery checked, 0 problems" in err
+
+
+async def test_each_problem_is_one_line_with_file_and_document_index(tmp_path: Path) -> None:
+    path = tmp_path / "cds.yaml"
+    bad = (
+        GOOD.replace("name: web}", "name: Web_Site}")
+        .replace("consul:8500", "http://consul:8500")
+        .replace("  output: {configMap: {name: web-targets}}\n", "  maxConcurent: 5\n")
+    )
+    other = GOOD.replace("consul-sd.io/v1alpha1", "consul-sd.io/v1")
+    path.write_text("---\n".join([SECRET, GOOD, bad, other]))
+    code, out, _ = await run("validate", str(path))
+    assert code == 1
+    assert out.splitlines() == [
+        f"{path}[2]: metadata.name: 'Web_Site' is not a Kubernetes object name",
+        f"{path}[2]: spec.output: required (configMap, scrapeConfig or httpSD)",
+        f"{path}[2]: spec.consul.server: 'http://consul:8500' is not host:port "
+        "(the scheme goes in spec.consul.scheme, a path in pathPrefix)",
+        f"{path}[2]: spec.maxConcurent: unknown field",
+        f"{path}[3]: apiVersion: 'consul-sd.io/v1', expected consul-sd.io/v1alpha1",
+    ]
+
+
+async def test_a_file_that_is_not_yaml_or_holds_no_discovery_is_a_problem(tmp_path: Path) -> None:
+    broken, secret, good = tmp_path / "broken.yaml", tmp_path / "secret.yaml", tmp_path / "ok.yaml"
+    broken.write_text("kind: [\n")
+    secret.write_text(SECRET)
+    good.write_text(GOOD)
+    code, out, _ = await run("validate", str(good), str(broken), str(secret), str(tmp_path / "no"))
+    assert code == 1
+    lines = out.splitlines()
+    assert len(lines) == 3, out
+    assert lines[0].startswith(f"{broken}: invalid YAML at line 2 column 1")
+    assert lines[1] == f"{secret}: no ConsulDiscovery in the file"
+    assert lines[2] == f"{tmp_path / 'no'}: No such file or directory"
