@@ -17,14 +17,12 @@ import pytest
 from consul_sd.api.spec import ConsulDiscoverySpec
 from consul_sd.consul.client import ConsulClient, RetryPolicy
 from consul_sd.consul.endpoint import ConsulEndpoint
+from consul_sd.consul.errors import ConsulBadResponse, ConsulServerError, ConsulUnreachable
 from consul_sd.discovery.auto import choose_mode
 from consul_sd.discovery.instances import CHECKS_READ_PERIOD
-from consul_sd.discovery.polling import _until_woken
 from consul_sd.discovery.query import DiscoveryQuery
 from consul_sd.discovery.run import discover_once, run_discovery
 from consul_sd.discovery.snapshots import Snapshot
-from consul_sd.discovery.tables import TableWatches
-from consul_sd.loops import TokenBucket
 from consul_simulator import ConsulSimulator
 
 pytestmark = pytest.mark.looptime
@@ -58,6 +56,7 @@ class Watcher:
         self.query = query
         self.snapshots: list[Snapshot] = []
         self.published = asyncio.Event()
+        self.client: ConsulClient | None = None
 
     async def publish(self, snapshot: Snapshot) -> None:
         self.snapshots.append(snapshot)
@@ -75,13 +74,18 @@ class Watcher:
 
 
 @contextlib.asynccontextmanager
-async def watching(sim: ConsulSimulator) -> AsyncIterator[Watcher]:
+async def watching(
+    sim: ConsulSimulator,
+    query: DiscoveryQuery | None = None,
+    *,
+    client_class: type[ConsulClient] = ConsulClient,
+) -> AsyncIterator[Watcher]:
     """Polling with wakeOnChange on the simulator, its first set published, counters reset.
 
     Started inside each test, not in a fixture: the loop's virtual clock starts with the test.
     """
-    watcher = Watcher(sim, wake_query())
-    client = ConsulClient(
+    watcher = Watcher(sim, query or wake_query())
+    client = client_class(
         endpoint=ConsulEndpoint(server=sim.address),
         max_connections=110,
         retry=RetryPolicy(attempts=3, base_delay=0.1, max_delay=1.0),
@@ -93,6 +97,7 @@ async def watching(sim: ConsulSimulator) -> AsyncIterator[Watcher]:
         await watcher.until(lambda s: s.complete, timeout=60)
         await asyncio.sleep(5)  # the watches have parked
         sim.counters.reset()
+        watcher.client = client
         yield watcher
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -215,7 +220,10 @@ async def test_a_whole_service_added_or_removed_is_published_within_two_seconds(
         removed = await watcher.until(lambda s: "svc-00007" not in s.groups, timeout=5)
         assert added <= 2
         assert removed <= 2
-        assert health_requests(sim) == 1  # the added service; a removed one costs nothing
+        # The added service, and once more on the next cycle: its answer's index passed the
+        # checks index the state lists last answered (it may have seen a flip they have not).
+        # A removed service costs nothing.
+        assert health_requests(sim) <= 2
 
 
 def edit_port(sim: ConsulSimulator, snapshot: Snapshot, service: str, *, port: int) -> None:
@@ -331,24 +339,6 @@ async def test_changes_waking_different_watches_still_start_at_most_a_cycle_per_
         assert len(watcher.snapshots) - published <= 20 + 2 + 1
 
 
-async def test_while_a_watch_has_no_answer_only_the_interval_or_its_answer_starts_a_cycle() -> None:
-    # A watch failing for good (its answer forgotten) must not let the others' wake-ups start
-    # plain cycles, each of which may fetch every service.
-    endpoint = ConsulEndpoint(server="127.0.0.1:9")
-    async with ConsulClient(endpoint=endpoint, max_connections=1) as unused:
-        tables = TableWatches(query=wake_query(), client=unused)
-        tables.moved.set()  # another watch answered
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        await _until_woken(
-            tables=tables,
-            deadline=started + 30,
-            woken=TokenBucket(burst=2, period=1.0),
-            watched=False,
-        )
-        assert loop.time() - started >= 30
-
-
 async def run_quietly(sim: ConsulSimulator, query: DiscoveryQuery, *, seconds: float) -> int:
     """Consul requests a discovery makes over ``seconds`` of a quiet fleet, after its start."""
     watcher = Watcher(sim, query)
@@ -443,3 +433,280 @@ def test_auto_chooses_polling_as_soon_as_blocking_watches_would_share_slots() ->
     assert choose_mode(matched=80, current="Polling", query=query) == "Blocking"
     without = DiscoveryQuery.from_spec(spec.model_copy(update={"wake_on_change": False}))
     assert choose_mode(matched=500, current=None, query=without) == "Blocking"
+
+
+# ------------------------------------------- what a cycle each second must not turn into a storm
+
+
+def flip(sim: ConsulSimulator, service: int, status: str) -> None:
+    name = f"svc-{service:05d}"
+    sim.set_check_status(node=node_of(service, 0), check_id=f"service:{name}-0", status=status)
+
+
+async def test_a_filter_on_node_fields_follows_a_node_that_changes_what_it_keeps(
+    sim: ConsulSimulator,
+) -> None:
+    # The filtered list changes while the services index stays: only its content says so.
+    query = wake_query(filter='NodeMeta.zone == "zone-b"')
+    async with watching(sim, query) as watcher:
+        before = set(watcher.snapshots[-1].groups)
+        sim.register({"Node": "node-002", "Address": "10.0.0.3", "NodeMeta": {"zone": "zone-b"}})
+        took = await watcher.until(lambda s: set(s.groups) > before, timeout=REFRESH + 30)
+        assert took <= REFRESH + 5
+
+
+async def test_a_health_filter_on_checks_costs_one_full_read_per_interval_not_per_change(
+    sim: ConsulSimulator,
+) -> None:
+    query = wake_query(health_filter='Checks.Status != "warning"', refresh_interval=30)
+    async with watching(sim, query) as watcher:
+        for step in range(60):  # a flip every second: every cycle sees checks move
+            flip(sim, 1, "critical" if step % 2 == 0 else "passing")
+            await asyncio.sleep(1.0)
+        # At most three full reads in 60 s at a 30 s interval, and the flipping service itself.
+        assert health_requests(sim) <= 3 * FLEET["services"] + 60
+        assert any(
+            t["__meta_consul_health"] == "passing"
+            for t in labels(watcher.snapshots[-1], "svc-00001")
+        )
+
+
+async def test_a_failing_service_is_asked_again_alone_not_with_every_other(
+    sim: ConsulSimulator,
+) -> None:
+    async with watching(sim, wake_query(refresh_interval=30)):
+        sim.faults.fail_services = {"svc-00009"}
+        flip(sim, 9, "warning")
+        await asyncio.sleep(2)
+        sim.counters.reset()
+        for step in range(60):  # another service's check goes critical every second
+            flip(sim, 10 + step % 40, "critical")
+            await asyncio.sleep(1.0)
+        # Each flip, the failing service's retries, and two full reads at most.
+        assert health_requests(sim) <= 60 + 60 + 2 * FLEET["services"]
+
+
+async def test_a_quiet_fleet_with_a_failing_service_backs_off_instead_of_reading_everything(
+    sim: ConsulSimulator,
+) -> None:
+    async with watching(sim, wake_query(refresh_interval=30)) as watcher:
+        sim.faults.fail_services = {"svc-00009"}
+        flip(sim, 9, "warning")
+        await asyncio.sleep(2)
+        sim.counters.reset()
+        published = len(watcher.snapshots)
+        await asyncio.sleep(60)
+        # The failing service, backing off; two full reads at the interval at most.
+        assert health_requests(sim) <= 2 * FLEET["services"] + 20
+        assert len(watcher.snapshots) - published <= 20
+
+
+@pytest.mark.parametrize(("flips", "period"), [(201, 0.1), (61, 0.55), (37, 0.37), (60, 0.45)])
+async def test_after_a_flapping_check_stops_its_last_state_is_published(
+    sim: ConsulSimulator, flips: int, period: float
+) -> None:
+    async with watching(sim) as watcher:
+        for step in range(flips):
+            flip(sim, 1, "critical" if step % 2 == 0 else "passing")
+            if step % 3 == 1:  # other nodes move now and then, waking cycles that fetch svc-00001
+                node = f"node-{step % FLEET['nodes']:03d}"
+                sim.register({"Node": node, "Address": "10.0.0.9", "NodeMeta": {"f": f"{step}"}})
+            await asyncio.sleep(period)
+        await asyncio.sleep(30)
+        final = "critical" if (flips - 1) % 2 == 0 else "passing"
+        shown = {
+            t["__meta_consul_service_id"]: t["__meta_consul_health"]
+            for t in labels(watcher.snapshots[-1], "svc-00001")
+        }
+        assert shown["svc-00001-0"] == final
+
+
+class FailsParkedNodesWatchOnce(ConsulClient):
+    """A client whose next parked read of the nodes fails once (a proxy closing it)."""
+
+    armed = False
+    unreachable = False  # fail as a broken connection, every time, instead
+
+    async def list_nodes(
+        self, *, index: int = 0, wait: float | None = None
+    ) -> tuple[list[tuple[str, int]], int]:
+        if index > 0 and wait is not None and (self.armed or self.unreachable):
+            self.armed = False
+            await asyncio.sleep(0.05)
+            if self.unreachable:
+                self.stats.counts[("catalog_nodes", ConsulUnreachable.reason)] += 1
+                raise ConsulUnreachable("connection reset by the proxy")
+            raise ConsulServerError("a proxy closed it", status=502)
+        return await super().list_nodes(index=index, wait=wait)
+
+
+async def test_one_failed_watch_read_costs_no_read_of_every_service(sim: ConsulSimulator) -> None:
+    async with watching(
+        sim, wake_query(refresh_interval=30), client_class=FailsParkedNodesWatchOnce
+    ) as watcher:
+        client = watcher.client
+        assert isinstance(client, FailsParkedNodesWatchOnce)
+        client.armed = True
+        sim.register({"Node": "node-001", "Address": "10.0.0.2", "NodeMeta": {"x": "1"}})
+        await asyncio.sleep(0.02)
+        for i in range(4):  # registrations while the nodes watch is down and back
+            sim.register(
+                {
+                    "Node": "node-002",
+                    "Address": "10.0.0.3",
+                    "SkipNodeUpdate": True,
+                    "Service": {"ID": f"new-{i}", "Service": f"svc-{i:05d}", "Port": 5},
+                    "Check": {"CheckID": f"new-{i}", "Name": "c", "ServiceID": f"new-{i}"},
+                }
+            )
+            await asyncio.sleep(1.0)
+        await asyncio.sleep(5)
+        assert health_requests(sim) < FLEET["services"]
+        assert all(
+            f"new-{i}" in service_ids(watcher.snapshots[-1], f"svc-{i:05d}") for i in range(4)
+        )
+
+
+async def test_a_service_given_by_name_is_emptied_as_soon_as_it_is_gone(
+    sim: ConsulSimulator,
+) -> None:
+    query = wake_query(services=("svc-00003", "svc-00004"))
+    async with watching(sim, query) as watcher:
+        for k in range(FLEET["instances"]):
+            sim.deregister({"Node": node_of(3, k), "ServiceID": f"svc-00003-{k}"})
+        took = await watcher.until(lambda s: not s.groups.get("svc-00003"), timeout=REFRESH)
+        assert took <= 2
+
+
+async def test_a_plain_gate_read_while_a_watch_was_down_compares_with_the_watched_ones(
+    sim: ConsulSimulator,
+) -> None:
+    # A warning that stays: the warning list's index lags the checks table's, while a gate
+    # read plainly carries the table's; compared, the watched one would look like Consul
+    # going back in time, and a read of everything would follow.
+    flip(sim, 50, "warning")
+    async with watching(
+        sim, wake_query(refresh_interval=30), client_class=FailsParkedNodesWatchOnce
+    ) as watcher:
+        for service in range(3):
+            flip(sim, service, "critical")
+            await asyncio.sleep(1.5)
+        sim.counters.reset()
+        assert isinstance(watcher.client, FailsParkedNodesWatchOnce)
+        watcher.client.armed = True
+        sim.register({"Node": "node-001", "Address": "10.0.0.2", "NodeMeta": {"x": "1"}})
+        await asyncio.sleep(1.0)
+        flip(sim, 10, "critical")
+        await asyncio.sleep(20)
+        assert health_requests(sim) < FLEET["services"]
+
+
+async def test_connections_that_keep_breaking_cost_one_full_read_per_interval(
+    sim: ConsulSimulator,
+) -> None:
+    async with watching(sim, wake_query(refresh_interval=30)):
+        sim.faults.reset_services = {"svc-00009"}  # its reads find the connection reset
+        flip(sim, 9, "critical")
+        for step in range(60):  # a change every second wakes a cycle
+            flip(sim, 10 + step % 20, "critical" if step % 2 == 0 else "passing")
+            await asyncio.sleep(1.0)
+        # Consul may have restarted each time: a full read, but at most one per interval.
+        assert health_requests(sim) <= 3 * FLEET["services"] + 60 + 30
+
+
+async def test_a_pending_comparison_ends_with_a_full_read_instead_of_waking_every_second(
+    sim: ConsulSimulator,
+) -> None:
+    def add(i: int, service: int) -> None:
+        sim.register(
+            {
+                "Node": "node-001",
+                "Address": "10.0.0.2",
+                "SkipNodeUpdate": True,
+                "Service": {"ID": f"extra-{i}", "Service": f"svc-{service:05d}", "Port": 5},
+                "Check": {
+                    "CheckID": f"extra-{i}",
+                    "Name": "c",
+                    "Status": "passing",
+                    "ServiceID": f"extra-{i}",
+                },
+            }
+        )
+
+    async with watching(sim, wake_query(refresh_interval=30)) as watcher:
+        add(0, 3)
+        await asyncio.sleep(2.0)
+        sim.faults.fail_services = {"svc-00009"}
+        add(1, 4)  # within the checks read's period: the comparison waits
+        flip(sim, 9, "warning")
+        await asyncio.sleep(1.0)
+        sim.counters.reset()
+        published = len(watcher.snapshots)
+        await asyncio.sleep(60)
+        assert health_requests(sim) <= 2 * FLEET["services"] + 20
+        assert len(watcher.snapshots) - published <= 20
+
+
+async def test_a_service_that_failed_is_asked_again_within_the_error_backoff(
+    sim: ConsulSimulator,
+) -> None:
+    async with watching(sim) as watcher:  # a 5 minute refresh interval
+        sim.faults.fail_services = {"svc-00009"}
+        flip(sim, 9, "critical")
+        await asyncio.sleep(1.0)
+        sim.faults.fail_services = set()
+        took = await watcher.until(
+            lambda s: any(t["__meta_consul_health"] == "critical" for t in labels(s, "svc-00009")),
+            timeout=REFRESH,
+        )
+        assert took <= 15
+
+
+async def test_a_checkless_service_given_by_name_is_emptied_as_soon_as_it_is_gone(
+    sim: ConsulSimulator,
+) -> None:
+    sim.register(
+        {
+            "Node": "node-001",
+            "Address": "10.0.0.2",
+            "SkipNodeUpdate": True,
+            "Service": {"ID": "bare-1", "Service": "bare", "Port": 7},
+        }
+    )
+    async with watching(sim, wake_query(services=("bare", "svc-00004"))) as watcher:
+        sim.deregister({"Node": "node-001", "ServiceID": "bare-1"})
+        took = await watcher.until(lambda s: not s.groups.get("bare"), timeout=REFRESH)
+        assert took <= 2
+
+
+class EveryCheckTooLarge(ConsulClient):
+    """A client for which the read of every check is always past its size cap."""
+
+    reads = 0
+
+    async def service_checks(self) -> dict[str, frozenset[tuple[str, str]]]:
+        self.reads += 1
+        raise ConsulBadResponse("/v1/health/state/any: the answer passed 64 MiB")
+
+
+async def test_a_read_of_every_check_that_fails_is_not_repeated_every_period(
+    sim: ConsulSimulator,
+) -> None:
+    async with watching(sim, client_class=EveryCheckTooLarge) as watcher:
+        for step in range(120):  # an instance registered or removed every second
+            body = {"Node": "node-001", "ServiceID": f"churn-{step // 2}"}
+            if step % 2 == 0:
+                sim.register(
+                    {
+                        "Node": "node-001",
+                        "Address": "10.0.0.2",
+                        "SkipNodeUpdate": True,
+                        "Service": {"ID": body["ServiceID"], "Service": "svc-00005", "Port": 5},
+                    }
+                )
+            else:
+                sim.deregister(body)
+            await asyncio.sleep(1.0)
+        assert isinstance(watcher.client, EveryCheckTooLarge)
+        # 30 s, then 60 s: three reads in two minutes, not one every five seconds.
+        assert watcher.client.reads <= 3

@@ -37,6 +37,7 @@ class CheckState:
     check_id: str
     service_name: str
     status: str
+    service_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,10 +99,12 @@ def parse_check_states(data: Any) -> frozenset[CheckState]:
     for i, row in enumerate(data):
         if not isinstance(row, dict):
             raise ConsulBadResponse(f"{where}: entry {i} is not an object")
-        fields = tuple(row.get(key) or "" for key in ("Node", "CheckID", "ServiceName", "Status"))
+        keys = ("Node", "CheckID", "ServiceName", "Status", "ServiceID")
+        fields = tuple(row.get(key) or "" for key in keys)
         if not set(map(type, fields)) <= {str}:
             raise ConsulBadResponse(
-                f"{where}: entry {i}: Node, CheckID, ServiceName and Status must be strings"
+                f"{where}: entry {i}: Node, CheckID, ServiceName, Status and ServiceID must be "
+                "strings"
             )
         states.add(CheckState(*fields))
     return frozenset(states)

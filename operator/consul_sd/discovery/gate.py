@@ -23,7 +23,7 @@ from consul_sd.consul.client import ConsulClient
 from consul_sd.consul.errors import (
     ConsulError,
 )
-from consul_sd.consul.records import CheckState
+from consul_sd.consul.records import Check, CheckState, aggregated_status
 from consul_sd.discovery.query import DiscoveryQuery
 from consul_sd.targets import TargetGroup
 
@@ -44,10 +44,13 @@ class ChangeGate:
     checks: int
     nodes: int
     unhealthy: frozenset[CheckState]
-    # Held by the table watches only: the matched catalog (names and tags) and every node's
-    # ModifyIndex, so a services move is narrowed by names and a nodes move needs no read.
+    # With wakeOnChange only: the matched catalog (names and tags), so a services move is
+    # narrowed by names; and, from the table watches, every node's ModifyIndex (a nodes move
+    # needs no read). ``watched``: built from the watches, whose checks index is the last one
+    # each state list answered, comparable only with another watched gate's.
     catalog: Mapping[str, tuple[str, ...]] | None = None
     node_indexes: tuple[tuple[str, int], ...] | None = None
+    watched: bool = False
 
 
 @dataclass(frozen=True)
@@ -109,28 +112,37 @@ async def changed_services(
     also names the services of a node that is gone. Any error means ``None``: the cycle fetches
     everything.
     """
-    if now.services < before.services or now.checks < before.checks or now.nodes < before.nodes:
+    waking = now.catalog is not None and before.catalog is not None
+    checks_back = now.checks < before.checks and now.watched == before.watched
+    if now.services < before.services or checks_back or now.nodes < before.nodes:
         # An index going back is a different server's older view: nothing can be narrowed.
         return None
-    services_moved = now.services != before.services
-    if services_moved and (now.catalog is None or before.catalog is None):
+    # With wakeOnChange a cycle may run every second: what cannot be narrowed is left
+    # unexplained (read by the full cycle within the refresh interval), never "fetch all now".
+    unexplained = now.services != before.services
+    if unexplained and not waking:
         return None
-    if now.checks != before.checks and not _health_narrows(query=query, client=client):
-        return None
+    checks_moved = now.checks != before.checks or now.watched != before.watched
+    if checks_moved and not _health_narrows(query=query, client=client):
+        if not waking:
+            return None
+        unexplained = True
     changed, nodes = _unhealthy_changes(before=before, now=now)
     if now.catalog is not None and before.catalog is not None:
         changed |= catalog_changes(before=before.catalog, now=now.catalog)
     try:
         nodes |= await _moved_nodes(before=before, now=now, client=client)
-        if held is not None and not query.node_meta and not query.health_filter:
+        if held is not None and (waking or not (query.node_meta or query.health_filter)):
             changed |= held(nodes)
+            # A filter on node fields may now keep an instance on these nodes that none held.
+            unexplained |= bool(nodes) and bool(query.node_meta or query.health_filter)
         elif len(nodes) > _MAX_CHANGED_NODES:
             return None
         else:
             changed |= await client.services_on_nodes(nodes)
     except ConsulError:
         return None
-    return Narrowed(services=changed, unexplained=services_moved)
+    return Narrowed(services=changed, unexplained=unexplained)
 
 
 def _unhealthy_changes(*, before: ChangeGate, now: ChangeGate) -> tuple[set[str], set[str]]:
@@ -173,8 +185,12 @@ def _health_narrows(*, query: DiscoveryQuery, client: ConsulClient) -> bool:
 def catalog_changes(
     *, before: Mapping[str, tuple[str, ...]], now: Mapping[str, tuple[str, ...]]
 ) -> set[str]:
-    """Services listed now that were not before, or whose tags changed (removed ones drop out)."""
-    return {name for name, tags in now.items() if before.get(name) != tags}
+    """Services listed now that were not before, gone since, or whose tags changed.
+
+    A service gone is fetched too: with services given by name only the names stay the same,
+    and its answer, now empty, is what removes its targets.
+    """
+    return {name for name in now.keys() | before.keys() if before.get(name) != now.get(name)}
 
 
 class HeldNodes:
@@ -196,3 +212,25 @@ class HeldNodes:
         for gone in set(self._nodes) - set(known):
             del self._nodes[gone]
         return found
+
+
+def health_disagrees(group: TargetGroup, unhealthy: frozenset[CheckState]) -> bool:
+    """Whether a fetched service shows a health the listed unhealthy checks do not give.
+
+    The rate-limited state lists may coalesce a flip and its undoing: a fetch that caught the
+    middle of it shows a state they will never name, and a fetch made between a recovery and
+    a relapse shows "passing" while the lists, unchanged, say unhealthy. Either way the next
+    cycle asks the service again; listed and fetched agree again once the flapping stops.
+    """
+    by_instance: dict[tuple[str, str], list[Check]] = {}
+    for state in unhealthy:
+        key = (state.node, state.service_id if state.service_name else "")
+        by_instance.setdefault(key, []).append(Check(check_id=state.check_id, status=state.status))
+    for target in group:
+        labels = target.label_dict()
+        node = labels.get("__meta_consul_node", "")
+        listed = by_instance.get((node, labels.get("__meta_consul_service_id", "")), [])
+        listed = listed + by_instance.get((node, ""), [])
+        if labels.get("__meta_consul_health", "") != (aggregated_status(listed) or "passing"):
+            return True
+    return False

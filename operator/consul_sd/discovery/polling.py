@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from consul_sd.consul.client import ConsulClient
 from consul_sd.consul.errors import ConsulError
@@ -37,6 +37,7 @@ from consul_sd.discovery.gate import (
     HeldNodes,
     Narrowed,
     changed_services,
+    health_disagrees,
     read_change_gate,
 )
 from consul_sd.discovery.instances import CheckedInstances
@@ -50,7 +51,7 @@ from consul_sd.discovery.snapshots import (
     is_permanent,
 )
 from consul_sd.discovery.tables import TableWatches
-from consul_sd.loops import TokenBucket, pace
+from consul_sd.loops import TokenBucket, cancel_and_wait, first_done, pace
 from consul_sd.targets import TargetGroup
 
 _Fetched = tuple[TargetGroup | None, int]
@@ -108,6 +109,11 @@ class _Polling:
         self.unexplained_since: float | None = None
         self.held_nodes = HeldNodes()
         self.checked = CheckedInstances()
+        self.last_full = now  # the start of the last cycle that read every service
+        # Failed services are asked again after a backoff (with wakeOnChange no cycle may come
+        # sooner on a quiet fleet); None while nothing failed.
+        self.retry_at: float | None = None
+        self.retries = error_backoff(refresh_interval=refresh_interval)
 
     def forget_indexes(self) -> None:
         """Trust no index: the next cycle fetches and decodes every service, whatever the gate."""
@@ -145,7 +151,9 @@ class _Polling:
         if narrowed is not None and narrowed.unexplained and self.unexplained_since is None:
             self.unexplained_since = now
         if narrowed is None or clean is None or self.full_cycle_due(now=now, query=query):
-            self.unexplained_since = None  # this cycle reads everything
+            # This cycle reads everything: nothing is left unexplained.
+            self.unexplained_since = None
+            self.last_full = now
             return _Plan(fetch=names, failed={}, groups={})
         # Nothing to fetch (a quiet fleet) goes through here too: an empty fetch republishes
         # what is known and, if clean, becomes the new gate baseline. A service that failed
@@ -169,6 +177,25 @@ class _Polling:
 
     def _held_on(self, nodes: set[str]) -> set[str]:
         return self.held_nodes.services_on(nodes=nodes, known=self.known)
+
+    def suspect_restart(self, *, now: float) -> None:
+        """A request found Consul unreachable: it may have restarted, its indexes prove nothing.
+
+        With wakeOnChange the read of everything this calls for is the unexplained move's,
+        within the refresh interval of the last full read, so a proxy closing idle long-polls
+        does not turn every woken cycle into a full one.
+        """
+        self.indexes.clear()
+        since = self.unexplained_since
+        self.unexplained_since = min(self.last_full, now if since is None else since)
+
+    def schedule_retry(self, *, failed: bool, now: float) -> None:
+        """After a cycle: when the services that failed are asked again, if any failed."""
+        if not failed:
+            self.retries.reset()
+            self.retry_at = None
+        else:
+            self.retry_at = now + self.retries.next_delay()
 
     def full_cycle_due(self, *, now: float, query: DiscoveryQuery) -> bool:
         """Whether an unexplained services move has waited its refresh interval."""
@@ -214,10 +241,32 @@ class _Polling:
         """Remember this cycle as the gate's baseline if it was clean, else forget the last one."""
         retry = any(not is_permanent(error) for error in plan.failed.values())
         self.clean = None
-        if gate is not None and complete and not retry:
-            horizon = max(gate.services, gate.checks, gate.nodes)
-            recheck = frozenset(name for name in plan.fetch if self.indexes.get(name, 0) > horizon)
-            self.clean = _CleanCycle(gate=gate, names=names, failed=plan.failed, recheck=recheck)
+        if gate is None:
+            return
+        # With wakeOnChange a cycle runs on every change: a failed service is asked again by
+        # the next ones (``failed``), never by a read of everything each second.
+        if gate.catalog is not None or (complete and not retry):
+            self.clean = _CleanCycle(
+                gate=gate, names=names, failed=plan.failed, recheck=self._recheck(gate, plan)
+            )
+
+    def _recheck(self, gate: ChangeGate, plan: _Plan) -> frozenset[str]:
+        """The fetched services the next cycle asks again: their answer may show a flip the gate
+        will never name (see :class:`_CleanCycle`).
+
+        A plain gate's indexes are one moment's: an answer past them saw a later change. A
+        watched gate's checks index is the last one each state list answered, which other
+        tables' changes do not move: there, a service is asked again when its health is not the
+        one the listed checks give.
+        """
+        if gate.watched:
+            return frozenset(
+                name
+                for name in plan.fetch
+                if name in self.known and health_disagrees(self.known[name], gate.unhealthy)
+            )
+        horizon = max(gate.services, gate.checks, gate.nodes)
+        return frozenset(name for name in plan.fetch if self.indexes.get(name, 0) > horizon)
 
 
 async def poll_services(
@@ -237,9 +286,18 @@ async def poll_services(
         await _cycle_forever(query=query, client=client, publish=publish, seed=seed, tables=None)
         return
     tables = TableWatches(query=query, client=client)
-    async with asyncio.TaskGroup() as group:
-        group.create_task(tables.run())
-        await _cycle_forever(query=query, client=client, publish=publish, seed=seed, tables=tables)
+    tasks = [
+        asyncio.create_task(tables.run()),
+        asyncio.create_task(
+            _cycle_forever(query=query, client=client, publish=publish, seed=seed, tables=tables)
+        ),
+    ]
+    try:
+        for done in await first_done(*tasks):
+            done.result()  # what stopped it, as itself (not wrapped in an exception group)
+        raise RuntimeError("polling stopped")
+    finally:
+        await cancel_and_wait(tasks)
 
 
 async def _cycle_forever(
@@ -260,7 +318,9 @@ async def _cycle_forever(
             tables.moved.clear()  # a move from now on wakes the next cycle
         watched = tables.gate() if tables is not None else None
         try:
-            names, gate = await _names_and_gate(query=query, client=client, watched=watched)
+            names, gate = await _names_and_gate(
+                query=query, client=client, watched=watched, tables=tables
+            )
         except ConsulError as error:
             state.forget_indexes()
             # The current catalog is unknown: the last known set is shown for status, but never
@@ -274,7 +334,7 @@ async def _cycle_forever(
             await state.backoff.wait()
             continue
         state.backoff.reset()
-        await _cycle(
+        failed = await _cycle(
             state=state,
             names=names,
             gate=gate,
@@ -282,7 +342,9 @@ async def _cycle_forever(
             client=client,
             publish=publish,
             started=started,
+            waking=tables is not None,
         )
+        state.schedule_retry(failed=failed, now=loop.time())
         if tables is None:
             await pace(started=started, interval=query.refresh_interval)
             continue
@@ -290,6 +352,7 @@ async def _cycle_forever(
             started + query.refresh_interval,
             state.next_full_cycle(query=query) or math.inf,
             state.checked.due() or math.inf,
+            state.retry_at or math.inf,
         )
         # Without every watch's answer (starting, or one failing) a cycle reads plainly and may
         # fetch everything: only the watches answering again, or the interval, start the next.
@@ -297,15 +360,28 @@ async def _cycle_forever(
 
 
 async def _names_and_gate(
-    *, query: DiscoveryQuery, client: ConsulClient, watched: ChangeGate | None
+    *,
+    query: DiscoveryQuery,
+    client: ConsulClient,
+    watched: ChangeGate | None,
+    tables: TableWatches | None,
 ) -> tuple[list[str], ChangeGate | None]:
-    """The matched names and the change gate: the watches' when they have both, else read."""
+    """The matched names and the change gate: the watches' when they have both, else read.
+
+    Read while a watch is down (with wakeOnChange), the gate carries the catalog too, so a
+    services move stays narrowed by names instead of reading everything.
+    """
     if watched is not None and watched.catalog is not None:
         names = sorted(watched.catalog) if query.uses_catalog else sorted(set(query.services))
         return names, watched
-    names, services_index = await list_matched_services(query=query, client=client)
+    if tables is None:
+        names, services_index = await list_matched_services(query=query, client=client)
+        gate = await read_change_gate(query=query, client=client, services_index=services_index)
+        return names, gate
+    catalog, services_index = await tables.read_catalog()
+    names = catalog.names if query.uses_catalog else sorted(set(query.services))
     gate = await read_change_gate(query=query, client=client, services_index=services_index)
-    return names, gate
+    return names, None if gate is None else replace(gate, catalog=catalog.services)
 
 
 async def _cycle(
@@ -317,8 +393,9 @@ async def _cycle(
     client: ConsulClient,
     publish: Publish,
     started: float,
-) -> None:
-    """Fetch what the plan names, record it, publish the snapshot."""
+    waking: bool,
+) -> bool:
+    """Fetch what the plan names, record it, publish the snapshot; whether any fetch failed."""
     plan = await state.plan(names=names, gate=gate, query=query, client=client)
     results = await fetch_all(
         names=plan.fetch,
@@ -337,11 +414,16 @@ async def _cycle(
         failed=plan.failed,
     )
     if connection_broke(snapshot.requests):
-        state.forget_indexes()  # Consul may have restarted: its indexes prove nothing
+        # Consul may have restarted: its indexes prove nothing.
+        if waking:
+            state.suspect_restart(now=started)
+        else:
+            state.forget_indexes()
     await publish(snapshot)
     del results, snapshot  # before giving memory back: a cycle's answers are its bulk
     if plan.fetch:
         release_free_memory()
+    return bool(plan.failed)
 
 
 async def _until_woken(

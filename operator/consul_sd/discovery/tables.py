@@ -21,6 +21,7 @@ move the catalog list does not explain is left to the cycle's periodic full read
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +32,9 @@ from consul_sd.consul.records import CheckState
 from consul_sd.discovery.failures import error_backoff, index_went_back, next_index
 from consul_sd.discovery.gate import ChangeGate
 from consul_sd.discovery.query import DiscoveryQuery
-from consul_sd.loops import TokenBucket
+from consul_sd.loops import TokenBucket, cancel_and_wait, first_done
+
+logger = logging.getLogger(__name__)
 
 # A watch answers at most twice at once, then once per period: the catalog list costs Consul
 # ~46 ms at 7000 services (measured), the other three under 2 ms.
@@ -61,18 +64,25 @@ class TableWatches:
         self.client = client
         self.moved = asyncio.Event()
         self._answers: dict[str, tuple[Any, int]] = {}
+        self._down: set[str] = set()  # failing since their last answer (said once)
 
     async def run(self) -> None:
-        """Run the four watches until cancelled."""
+        """Run the four watches until cancelled (or one raises what is not a Consul error)."""
         reads: dict[str, tuple[_Read, float]] = {
-            "catalog": (self._read_catalog, CATALOG_WAKE_PERIOD),
+            "catalog": (self.read_catalog, CATALOG_WAKE_PERIOD),
             "critical": (self._read_state("critical"), TABLE_WAKE_PERIOD),
             "warning": (self._read_state("warning"), TABLE_WAKE_PERIOD),
             "nodes": (self._read_nodes, TABLE_WAKE_PERIOD),
         }
-        async with asyncio.TaskGroup() as group:
-            for table, (read, period) in reads.items():
-                group.create_task(self._watch(table=table, read=read, period=period))
+        watches = [
+            asyncio.create_task(self._watch(table=table, read=read, period=period))
+            for table, (read, period) in reads.items()
+        ]
+        try:
+            for done in await first_done(*watches):
+                done.result()  # its own exception, not wrapped in a group
+        finally:
+            await cancel_and_wait(watches)
 
     def catalog(self) -> tuple[Catalog, int] | None:
         """The catalog list and its index, or ``None`` while the watch has no answer."""
@@ -96,6 +106,7 @@ class TableWatches:
             unhealthy=unhealthy,
             catalog=catalog.services,
             node_indexes=tuple(nodes),
+            watched=True,
         )
 
     async def _watch(self, *, table: str, read: _Read, period: float) -> None:
@@ -106,27 +117,37 @@ class TableWatches:
             await wakes.take()
             try:
                 value, answered = await read(index, self.query.watch_timeout)
-            except ConsulError:
+            except ConsulError as error:
                 # The cycle reads plainly while a watch is down, and reports what fails there.
                 self._answers.pop(table, None)
+                if table not in self._down:
+                    self._down.add(table)
+                    logger.warning("the %s watch failed, cycles read plainly: %s", table, error)
                 index = 0
                 await backoff.wait()
                 continue
             backoff.reset()
+            if table in self._down:
+                self._down.discard(table)
+                logger.info("the %s watch answers again", table)
             if index_went_back(previous=index, answered=answered):
                 index = 0  # Consul's rule: distrust it and read again, plainly
                 continue
-            if table not in self._answers or answered != index:
+            held = self._answers.get(table)
+            # A new index, or the same index with other content: a catalog filter on node
+            # fields keeps other services when only the nodes table moved.
+            if held is None or answered != index or held[0] != value:
                 self._answers[table] = (value, answered)
                 self.moved.set()
             index = next_index(answered)
 
-    async def _read_catalog(self, index: int, wait: float) -> tuple[Catalog, int]:
+    async def read_catalog(self, index: int = 0, wait: float = 0.0) -> tuple[Catalog, int]:
+        """The matched catalog (blocking when ``index`` is set, up to the refresh interval)."""
         # At least once per refresh interval: a catalog filter on node fields can change what
         # it lists when only the nodes table moves, which does not wake this watch.
         listed, answered = await self.client.list_services(
             index=index,
-            wait=min(wait, self.query.refresh_interval),
+            wait=min(wait, self.query.refresh_interval) if index else None,
             node_meta=self.query.node_meta,
             filter_expr=self.query.filter,
         )
