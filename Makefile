@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml simulator/pyproject.toml | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: venv lint test test-unit generate bins cluster cluster-down demo demo-down bench bench-field-report bench-discover-once bench-churn bench-http-sd clean
+.PHONY: venv lint test test-unit generate bins cluster cluster-down demo demo-down bench bench-field-report bench-discover-once bench-churn bench-http-sd bench-freshness clean
 
 # The Consul simulator (simulator/, distribution consul-sd-simulator) is a test and benchmark
 # dependency installed here, in the same pip command as the product so one resolver sees both.
@@ -68,6 +68,14 @@ bench-discover-once: venv
 # (~10 minutes; see docs/benchmarks.md, "Delivery at scale").
 bench-http-sd: venv
 	$(BIN)/python -m benchmarks.http_sd_delivery $(BENCH_ARGS)
+
+# Issue 15: change latency per kind under ~1 change/s of mixed churn at 7000 x 3, side by side
+# (Prometheus consul_sd, Polling with and without wakeOnChange, an idle reference), with the cost
+# to Consul; medians of 3 runs (~2.5 hours; see benchmarks/freshness.py). E.g.
+# FRESHNESS_ARGS="--services 500 --runs 1 --churn-seconds 60" for a smoke run.
+FRESHNESS_ARGS ?=
+bench-freshness: venv
+	$(BIN)/python -m benchmarks.freshness $(FRESHNESS_ARGS)
 
 bench-churn: venv
 	$(BIN)/python -m benchmarks.field_report --services 7000 --anchor-runs 3 \

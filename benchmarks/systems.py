@@ -157,18 +157,29 @@ def _relabel() -> list[dict[str, Any]]:
     ]
 
 
-def prometheus_config(*, sd: dict[str, Any]) -> dict[str, Any]:
+def prometheus_config(
+    *, sd: dict[str, Any], relabel: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The one-job config; ``relabel`` replaces the default relabelling (freshness.py keeps
+    only the services it churns)."""
+    relabel_configs = relabel if relabel is not None else _relabel()
     return {
         "global": {"scrape_interval": "24h", "scrape_timeout": "10s", "evaluation_interval": "24h"},
-        "scrape_configs": [{"job_name": JOB, **sd, "relabel_configs": _relabel()}],
+        "scrape_configs": [{"job_name": JOB, **sd, "relabel_configs": relabel_configs}],
     }
 
 
 class RunningPrometheus:
     """Prometheus with one job, watched through its own /metrics."""
 
-    def __init__(self, *, workdir: Path, sd: dict[str, Any]) -> None:
-        self.prometheus = Prometheus(prometheus_config(sd=sd))
+    def __init__(
+        self,
+        *,
+        workdir: Path,
+        sd: dict[str, Any],
+        relabel: list[dict[str, Any]] | None = None,
+    ) -> None:
+        self.prometheus = Prometheus(prometheus_config(sd=sd, relabel=relabel))
         self.prometheus.start(workdir, timeout=120.0)
         self.pid = self.prometheus._processes[0].pid
         self.max_goroutines = 0.0
