@@ -109,6 +109,32 @@ def node_of(service: int, instance: int) -> str:
     return f"node-{slot % FLEET['nodes']:03d}"
 
 
+def add_instance(
+    sim: ConsulSimulator,
+    *,
+    service: str,
+    sid: str,
+    node: str = "node-001",
+    check: str | None = None,
+) -> None:
+    """Register an instance on an existing node, its node record untouched.
+
+    ``check``: None for no check, "" for one without a status (Consul starts it critical, as
+    agents register them), else that status.
+    """
+    body: dict[str, Any] = {
+        "Node": node,
+        "Address": "10.0.0.2",
+        "SkipNodeUpdate": True,
+        "Service": {"ID": sid, "Service": service, "Port": 5},
+    }
+    if check is not None:
+        body["Check"] = {"CheckID": sid, "Name": "c", "ServiceID": sid}
+        if check:
+            body["Check"]["Status"] = check
+    sim.register(body)
+
+
 def labels(snapshot: Snapshot, service: str) -> list[dict[str, str]]:
     return [target.label_dict() for target in snapshot.groups.get(service, ())]
 
@@ -182,19 +208,7 @@ async def test_a_new_instance_whose_check_starts_critical_is_published_within_tw
 ) -> None:
     async with watching(sim) as watcher:
         # Consul starts a check registered without a status as critical, as agents register them.
-        sim.register(
-            {
-                "Node": "node-003",
-                "Address": "10.0.0.4",
-                "SkipNodeUpdate": True,
-                "Service": {"ID": "svc-00002-new", "Service": "svc-00002", "Port": 9},
-                "Check": {
-                    "CheckID": "service:svc-00002-new",
-                    "Name": "c",
-                    "ServiceID": "svc-00002-new",
-                },
-            }
-        )
+        add_instance(sim, service="svc-00002", sid="svc-00002-new", node="node-003", check="")
         took = await watcher.until(
             lambda s: "svc-00002-new" in service_ids(s, "svc-00002"), timeout=5
         )
@@ -206,14 +220,7 @@ async def test_a_whole_service_added_or_removed_is_published_within_two_seconds(
     sim: ConsulSimulator,
 ) -> None:
     async with watching(sim) as watcher:
-        sim.register(
-            {
-                "Node": "node-004",
-                "Address": "10.0.0.5",
-                "SkipNodeUpdate": True,
-                "Service": {"ID": "brand-new-1", "Service": "brand-new", "Port": 9},
-            }
-        )
+        add_instance(sim, service="brand-new", sid="brand-new-1", node="node-004")
         added = await watcher.until(lambda s: "brand-new" in s.groups, timeout=5)
         sim.deregister({"Node": node_of(7, 0), "ServiceID": "svc-00007-0"})
         sim.deregister({"Node": node_of(7, 1), "ServiceID": "svc-00007-1"})
@@ -285,14 +292,7 @@ async def test_every_check_is_read_at_most_once_per_period_and_a_waiting_change_
 async def test_an_instance_without_a_check_is_left_to_the_full_cycle(
     sim: ConsulSimulator,
 ) -> None:
-    sim.register(
-        {
-            "Node": "node-001",
-            "Address": "10.0.0.2",
-            "SkipNodeUpdate": True,
-            "Service": {"ID": "bare-1", "Service": "svc-00004", "Port": 7},
-        }
-    )
+    add_instance(sim, service="svc-00004", sid="bare-1", node="node-001")
     async with watching(sim) as watcher:
         sim.deregister({"Node": "node-001", "ServiceID": "bare-1"})
         took = await watcher.until(
@@ -401,19 +401,12 @@ async def test_under_registration_churn_every_check_is_read_at_most_once_per_per
         for step in range(60):  # 30 s: an instance registered or removed every half second
             body = {"Node": "node-001", "ServiceID": f"churn-{step // 2}"}
             if step % 2 == 0:
-                sim.register(
-                    {
-                        "Node": "node-001",
-                        "Address": "10.0.0.2",
-                        "SkipNodeUpdate": True,
-                        "Service": {"ID": body["ServiceID"], "Service": "svc-00005", "Port": 5},
-                        "Check": {
-                            "CheckID": body["ServiceID"],
-                            "Name": "c",
-                            "Status": "passing",
-                            "ServiceID": body["ServiceID"],
-                        },
-                    }
+                add_instance(
+                    sim,
+                    service="svc-00005",
+                    sid=body["ServiceID"],
+                    node="node-001",
+                    check="passing",
                 )
             else:
                 sim.deregister(body)
@@ -550,15 +543,7 @@ async def test_one_failed_watch_read_costs_no_read_of_every_service(sim: ConsulS
         sim.register({"Node": "node-001", "Address": "10.0.0.2", "NodeMeta": {"x": "1"}})
         await asyncio.sleep(0.02)
         for i in range(4):  # registrations while the nodes watch is down and back
-            sim.register(
-                {
-                    "Node": "node-002",
-                    "Address": "10.0.0.3",
-                    "SkipNodeUpdate": True,
-                    "Service": {"ID": f"new-{i}", "Service": f"svc-{i:05d}", "Port": 5},
-                    "Check": {"CheckID": f"new-{i}", "Name": "c", "ServiceID": f"new-{i}"},
-                }
-            )
+            add_instance(sim, service=f"svc-{i:05d}", sid=f"new-{i}", node="node-002", check="")
             await asyncio.sleep(1.0)
         await asyncio.sleep(5)
         assert health_requests(sim) < FLEET["services"]
@@ -618,20 +603,7 @@ async def test_a_pending_comparison_ends_with_a_full_read_instead_of_waking_ever
     sim: ConsulSimulator,
 ) -> None:
     def add(i: int, service: int) -> None:
-        sim.register(
-            {
-                "Node": "node-001",
-                "Address": "10.0.0.2",
-                "SkipNodeUpdate": True,
-                "Service": {"ID": f"extra-{i}", "Service": f"svc-{service:05d}", "Port": 5},
-                "Check": {
-                    "CheckID": f"extra-{i}",
-                    "Name": "c",
-                    "Status": "passing",
-                    "ServiceID": f"extra-{i}",
-                },
-            }
-        )
+        add_instance(sim, service=f"svc-{service:05d}", sid=f"extra-{i}", check="passing")
 
     async with watching(sim, wake_query(refresh_interval=30)) as watcher:
         add(0, 3)
@@ -665,14 +637,7 @@ async def test_a_service_that_failed_is_asked_again_within_the_error_backoff(
 async def test_a_checkless_service_given_by_name_is_emptied_as_soon_as_it_is_gone(
     sim: ConsulSimulator,
 ) -> None:
-    sim.register(
-        {
-            "Node": "node-001",
-            "Address": "10.0.0.2",
-            "SkipNodeUpdate": True,
-            "Service": {"ID": "bare-1", "Service": "bare", "Port": 7},
-        }
-    )
+    add_instance(sim, service="bare", sid="bare-1", node="node-001")
     async with watching(sim, wake_query(services=("bare", "svc-00004"))) as watcher:
         sim.deregister({"Node": "node-001", "ServiceID": "bare-1"})
         took = await watcher.until(lambda s: not s.groups.get("bare"), timeout=REFRESH)
@@ -696,14 +661,7 @@ async def test_a_read_of_every_check_that_fails_is_not_repeated_every_period(
         for step in range(120):  # an instance registered or removed every second
             body = {"Node": "node-001", "ServiceID": f"churn-{step // 2}"}
             if step % 2 == 0:
-                sim.register(
-                    {
-                        "Node": "node-001",
-                        "Address": "10.0.0.2",
-                        "SkipNodeUpdate": True,
-                        "Service": {"ID": body["ServiceID"], "Service": "svc-00005", "Port": 5},
-                    }
-                )
+                add_instance(sim, service="svc-00005", sid=body["ServiceID"], node="node-001")
             else:
                 sim.deregister(body)
             await asyncio.sleep(1.0)
