@@ -68,11 +68,13 @@ class _CleanCycle:
     """The last cycle the gate may compare against: complete, with nothing to retry.
 
     *Clean* means the cycle read a gate, was complete, and no service failed for a reason a
-    retry could change: its answers are what the gate's indexes describe. ``recheck`` are the
-    services whose answers carried an index past the gate: they saw a change made during the
-    cycle, which the next gate may not show (a check failing and recovering between two gates
-    leaves the unhealthy set as it was), so the next cycle asks them again, as it asks the
-    services in ``failed`` (permanent failures, which may heal without moving an index).
+    retry could change: its answers are what the gate's indexes describe. With wakeOnChange a
+    cycle runs on every change, so any cycle that read a gate is the baseline, failures and all:
+    reading everything again is left to the full read within the refresh interval. ``recheck``
+    are the services whose answers may show a change the next gate will not (a check failing and
+    recovering between two gates leaves the unhealthy set as it was, see ``_Polling._recheck``),
+    so the next cycle asks them again, as it asks the services in ``failed`` (a permanent
+    failure may heal without moving an index).
     """
 
     gate: ChangeGate
