@@ -84,10 +84,6 @@ class TableWatches:
         finally:
             await cancel_and_wait(watches)
 
-    def catalog(self) -> tuple[Catalog, int] | None:
-        """The catalog list and its index, or ``None`` while the watch has no answer."""
-        return self._answers.get("catalog")
-
     def gate(self) -> ChangeGate | None:
         """The change gate of the latest answers; ``None`` while any watch has none."""
         if len(self._answers) < TABLE_WATCHES:
