@@ -104,8 +104,9 @@ async def test_discover_once_stays_within_its_memory_bound_against_an_800mb_answ
         code, err, peak = await run_discover_once(server, tmp_path)
     assert code == 1, err
     assert err.splitlines() == [
-        "consul-sd: error: 1 of 1 services not discovered (MalformedConsulResponse: "
-        "/v1/health/service/web: answer larger than 64 MiB; is this Consul?)"
+        f"consul-sd: error: 1 of 1 services not discovered: Consul at http://{server}: "
+        "MalformedConsulResponse: /v1/health/service/web: answer larger than 64 MiB; "
+        "is this Consul?"
     ]
     assert peak - baseline < RSS_BOUND, f"peak {peak / MiB:.0f} MiB, baseline {baseline / MiB:.0f}"
 

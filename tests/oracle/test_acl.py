@@ -118,8 +118,12 @@ def test_a_token_with_no_rights_at_all_gets_acl_denied_saying_what_failed(
         assert result.stdout == ""
         (line,) = [x for x in result.stderr.splitlines() if x.startswith("consul-sd: error:")]
         assert line.startswith(
-            "consul-sd: error: discovery failed before any service was listed (ACLDenied: "
-            "/v1/agent/self: HTTP 403: Permission denied"
+            f"consul-sd: error: Consul at http://{acl_agent.address} denied the request "
+            "(/v1/agent/self: HTTP 403: Permission denied"
+        ), line
+        assert line.endswith(
+            "check the token (--token-file, CONSUL_HTTP_TOKEN_FILE or "
+            "CONSUL_HTTP_TOKEN) and its policy"
         ), line
         assert "'agent:read'" in line
         assert 'node_prefix "" read, or set consul.datacenter' in line
@@ -132,7 +136,9 @@ def test_a_token_with_no_rights_at_all_gets_acl_denied_saying_what_failed(
         assert result.returncode == 1, result.stderr
         assert result.stdout == ""
         (line,) = [x for x in result.stderr.splitlines() if x.startswith("consul-sd: error:")]
-        assert "ACLDenied: /v1/catalog/services: the token may read no service" in line, line
+        assert "denied the request (/v1/catalog/services: the token may read no service" in line, (
+            line
+        )
         assert token not in result.stderr
 
 
@@ -144,8 +150,10 @@ def test_a_wrong_token_fails_once_with_an_acl_message_and_never_shows_the_token(
     for extra in ((), ("--datacenter", "dc1")):
         result = discover_once(acl_agent.address, "--token-file", str(token_file), *extra)
         assert result.returncode == 1, result.stderr
-        assert "ACLDenied" in result.stderr
-        assert "ACL not found" in result.stderr
+        (line,) = result.stderr.splitlines()
+        assert "denied the request" in line, line
+        assert "HTTP 403: ACL not found" in line, line
+        assert "check the token" in line, line
         assert WRONG not in result.stderr + result.stdout
         assert result.stdout == ""
 
