@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds real components (kube-apiserver, etcd, consul, prometheus, prometheus-operator) from
-# their Go modules, once per version, into a cache outside the repo, and prints each binary's
+# Builds real components (kube-apiserver, etcd, consul, prometheus, promtool, prometheus-operator)
+# from their Go modules, once per version, into a cache outside the repo, and prints each binary's
 # path on stdout (one line per name, in order).
 #
 #   hack/bins/build.sh NAME [NAME...]   build what is missing, print the paths
@@ -26,7 +26,7 @@ export CGO_ENABLED=0 GOFLAGS="-modcacherw -buildvcs=false -trimpath -mod=mod"
 # Rough cold-build durations on 2 cores (module downloads included), for the progress line.
 declare -A about=(
   [etcd]="2 minutes" [kube-apiserver]="6 minutes" [consul]="5 minutes"
-  [prometheus]="4 minutes" [prometheus-operator]="4 minutes"
+  [prometheus]="4 minutes" [promtool]="2 minutes" [prometheus-operator]="4 minutes"
 )
 
 elapsed() {
@@ -54,7 +54,7 @@ run_with_heartbeat() {
 }
 
 build_one() {
-  local name=$1 pkg ldflags="-s -w" tags="" nosumdb="" version
+  local name=$1 pkg ldflags="-s -w" tags="" nosumdb="" version dir=$1
   case $name in
     kube-apiserver)
       pkg=k8s.io/kubernetes/cmd/kube-apiserver version=$KUBE_VERSION
@@ -73,13 +73,18 @@ build_one() {
       # Only the discovery mechanisms the tests use: consul_sd (the oracle), file_sd, http_sd.
       tags="netgo,remove_all_sd,enable_consul_sd"
       ldflags+=" -X github.com/prometheus/common/version.Version=$PROMETHEUS_VERSION" ;;
+    promtool)
+      # Prometheus's own module pin (hack/bins/prometheus): the rule checker of the same release.
+      pkg=github.com/prometheus/prometheus/cmd/promtool version=$PROMETHEUS_VERSION dir=prometheus
+      tags="netgo,remove_all_sd,enable_consul_sd"
+      ldflags+=" -X github.com/prometheus/common/version.Version=$PROMETHEUS_VERSION" ;;
     prometheus-operator)
       pkg=github.com/prometheus-operator/prometheus-operator/cmd/operator
       version=$PROMETHEUS_OPERATOR_VERSION
       ldflags+=" -X github.com/prometheus/common/version.Version=$PROMETHEUS_OPERATOR_VERSION" ;;
     *) echo "build.sh: unknown component '$name'" >&2; return 2 ;;
   esac
-  local key; key=$(sha256sum "$here/$name/go.mod" | cut -c1-12)
+  local key; key=$(sha256sum "$here/$dir/go.mod" | cut -c1-12)
   local out="$cache/bin/$name-$key/$name"
   if [ ! -x "$out" ]; then
     mkdir -p "$cache/locks" "$cache/logs" "$(dirname "$out")"
@@ -95,7 +100,7 @@ build_one() {
       local log="$cache/logs/$name.log" started; started=$(date +%s)
       echo "building $name v$version from Go modules: first time only, about ${about[$name]} (log: $log)" >&2
       if ! run_with_heartbeat "$name" "$log" \
-        env -C "$here/$name" GONOSUMDB="${nosumdb:-${GONOSUMDB:-}}" \
+        env -C "$here/$dir" GONOSUMDB="${nosumdb:-${GONOSUMDB:-}}" \
         go build ${tags:+-tags "$tags"} -ldflags "$ldflags" -o "$out.tmp" "$pkg"; then
         echo "build of $name failed after $(elapsed "$started"); last 40 lines of $log:" >&2
         tail -n 40 "$log" >&2 || true
@@ -113,6 +118,6 @@ build_one() {
 
 [ $# -gt 0 ] || { echo "usage: build.sh NAME [NAME...] | all" >&2; exit 2; }
 if [ "$1" = all ]; then
-  set -- etcd kube-apiserver consul prometheus prometheus-operator
+  set -- etcd kube-apiserver consul prometheus promtool prometheus-operator
 fi
 for n in "$@"; do build_one "$n"; done

@@ -194,7 +194,7 @@ def test_alert_thresholds_are_values() -> None:
     }
     assert rules["ConsulSDDegraded"]["for"] == "30m"
     assert (
-        "> on (namespace, name) 3 * consul_sd_sync_interval_seconds"
+        "> on (namespace, name) 3 * max by (namespace, name) (consul_sd_sync_interval_seconds)"
         in rules["ConsulSDTargetsStale"]["expr"]
     )
     assert rules["ConsulSDOutputNearLimit"]["expr"].endswith("> 0.9")

@@ -2,8 +2,8 @@
 
 - prometheus-operator's CRDs on a real apiserver accept the chart's PrometheusRule and
   ServiceMonitor;
-- a real Prometheus loads the chart's alert rules (it refuses to start on a rule it cannot
-  parse, as ``promtool check rules`` would, which this Prometheus build does not ship), scrapes
+- a real Prometheus loads the chart's alert rules (promtool checks them and tests each alert's
+  threshold in tests/e2e/test_alert_rules.py), scrapes
   a real operator process whose one ConsulDiscovery finds Consul unreachable and another a
   working Consul (the simulator), fires ConsulSDDegraded, and answers every dashboard panel's
   query with data;

@@ -60,7 +60,7 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "hack" / "bins" / "build.sh"
 LOCAL_DIR = REPO_ROOT / ".local"
-COMPONENTS = ("etcd", "kube-apiserver", "consul", "prometheus", "prometheus-operator")
+COMPONENTS = ("etcd", "kube-apiserver", "consul", "prometheus", "promtool", "prometheus-operator")
 LOG_TAIL_LINES = 40
 _STATE_FILE = "state.json"
 

@@ -35,7 +35,7 @@ async def slow_sim() -> AsyncIterator[ConsulSimulator]:
 
 
 def slow_once(sim: ConsulSimulator) -> list[str]:
-    # 5 in flight: Polling with 3 or fewer never completes against this simulator (reported).
+    # 5 in flight: about 2 s of fetching, long enough for several progress lines.
     return [
         "discover",
         "--server",
