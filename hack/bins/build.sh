@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Builds real components (kube-apiserver, etcd, consul, prometheus, promtool, prometheus-operator)
-# from their Go modules, once per version, into a cache outside the repo, and prints each binary's
-# path on stdout (one line per name, in order).
+# Builds real components (kube-apiserver, etcd, consul, prometheus, promtool, prometheus-operator,
+# dashboard-lint) from their Go modules, once per version, into a cache outside the repo, and
+# prints each binary's path on stdout (one line per name, in order).
 #
 #   hack/bins/build.sh NAME [NAME...]   build what is missing, print the paths
 #   hack/bins/build.sh all              build every component
@@ -12,7 +12,8 @@
 # and the command to rerun. GOPROXY and the checksum database settings are the machine's
 # (Go's defaults unless set): nothing here names a module proxy.
 #
-# The cache key is the wrapper's go.mod hash, so editing a pin rebuilds. A lock per component
+# The cache key is the wrapper's go.mod hash (with its .go files for a local main package such
+# as dashboard-lint), so editing a pin, or that program, rebuilds. A lock per component
 # lets parallel callers (tests, make demo) share one build; a caller that waits says so. Nothing
 # is written to the repo but go.sum when a pin changes.
 set -euo pipefail
@@ -27,6 +28,7 @@ export CGO_ENABLED=0 GOFLAGS="-modcacherw -buildvcs=false -trimpath -mod=mod"
 declare -A about=(
   [etcd]="2 minutes" [kube-apiserver]="6 minutes" [consul]="5 minutes"
   [prometheus]="4 minutes" [promtool]="2 minutes" [prometheus-operator]="4 minutes"
+  [dashboard-lint]="1 minute"
 )
 
 elapsed() {
@@ -54,7 +56,7 @@ run_with_heartbeat() {
 }
 
 build_one() {
-  local name=$1 pkg ldflags="-s -w" tags="" nosumdb="" version dir=$1
+  local name=$1 pkg ldflags="-s -w" tags="" nosumdb="" version dir=$1 sources=()
   case $name in
     kube-apiserver)
       pkg=k8s.io/kubernetes/cmd/kube-apiserver version=$KUBE_VERSION
@@ -82,9 +84,16 @@ build_one() {
       pkg=github.com/prometheus-operator/prometheus-operator/cmd/operator
       version=$PROMETHEUS_OPERATOR_VERSION
       ldflags+=" -X github.com/prometheus/common/version.Version=$PROMETHEUS_OPERATOR_VERSION" ;;
+    dashboard-lint)
+      # Our own main package (hack/bins/dashboard-lint), built in its directory; the version shown
+      # is that of grafana-foundation-sdk, the Grafana schema types it checks against.
+      pkg=. sources=("$here/$dir"/*.go)
+      version=$(sed -n 's|^require github.com/grafana/grafana-foundation-sdk/go v||p' \
+        "$here/$dir/go.mod") ;;
     *) echo "build.sh: unknown component '$name'" >&2; return 2 ;;
   esac
-  local key; key=$(sha256sum "$here/$dir/go.mod" | cut -c1-12)
+  # With no sources this is go.mod's own sha256, as before: existing caches stay valid.
+  local key; key=$(cat "$here/$dir/go.mod" "${sources[@]}" | sha256sum | cut -c1-12)
   local out="$cache/bin/$name-$key/$name"
   if [ ! -x "$out" ]; then
     mkdir -p "$cache/locks" "$cache/logs" "$(dirname "$out")"
@@ -118,6 +127,6 @@ build_one() {
 
 [ $# -gt 0 ] || { echo "usage: build.sh NAME [NAME...] | all" >&2; exit 2; }
 if [ "$1" = all ]; then
-  set -- etcd kube-apiserver consul prometheus promtool prometheus-operator
+  set -- etcd kube-apiserver consul prometheus promtool prometheus-operator dashboard-lint
 fi
 for n in "$@"; do build_one "$n"; done

@@ -7,7 +7,9 @@ its Go module by ``hack/bins/build.sh`` (cached outside the repo):
 - ``ConsulAgent``: a Consul dev agent, optionally with ACLs (default deny) and a connection cap;
 - ``Prometheus``: Prometheus v3 built with consul_sd, file_sd and http_sd only;
 - ``PrometheusOperator``: prometheus-operator running out of cluster against a ``ControlPlane``,
-  plus ``install_crds`` for its CRDs (``apply_crds`` for any CRD).
+  plus ``install_crds`` for its CRDs (``apply_crds`` for any CRD);
+- two checkers run by path (``binary``): promtool (Prometheus's, for the chart's alert rules) and
+  dashboard-lint (the chart's Grafana dashboard against grafana-foundation-sdk's schema types).
 
 Every ``start`` builds (or finds) its binaries first, with build.sh's progress on stderr, and
 only then starts its ``timeout``: the timeout counts start-up, never a cold build of minutes
@@ -60,7 +62,15 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "hack" / "bins" / "build.sh"
 LOCAL_DIR = REPO_ROOT / ".local"
-COMPONENTS = ("etcd", "kube-apiserver", "consul", "prometheus", "promtool", "prometheus-operator")
+COMPONENTS = (
+    "etcd",
+    "kube-apiserver",
+    "consul",
+    "prometheus",
+    "promtool",
+    "prometheus-operator",
+    "dashboard-lint",
+)
 LOG_TAIL_LINES = 40
 _STATE_FILE = "state.json"
 
