@@ -222,29 +222,51 @@ def test_the_dashboard_is_a_configmap_the_grafana_sidecar_loads() -> None:
     assert other["metadata"]["namespace"] == "grafana"
 
 
+CLEANUP_RULES = [
+    {"apiGroups": ["consul-sd.io"], "resources": ["consuldiscoveries"], "verbs": ["list", "patch"]}
+]
+
+
+def hooked(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [o for o in objects if "helm.sh/hook" in o["metadata"].get("annotations", {})]
+
+
 def test_the_cleanup_hook_runs_the_charts_script_after_uninstall_with_its_own_rights() -> None:
-    objects = manifests({**EVERYTHING_ON, "watchNamespaces": ["team-a", "team-b"]})
-    job = one(objects, "Job")
-    hooked = [o for o in objects if "helm.sh/hook" in o["metadata"].get("annotations", {})]
-    assert sorted(o["kind"] for o in hooked) == [
+    objects = hooked(manifests(EVERYTHING_ON))
+    assert sorted(o["kind"] for o in objects) == [
         "ClusterRole",
         "ClusterRoleBinding",
         "Job",
         "ServiceAccount",
     ]
-    assert all(o["metadata"]["annotations"]["helm.sh/hook"] == "post-delete" for o in hooked)
-    (main,) = job["spec"]["template"]["spec"]["containers"]
+    assert all(o["metadata"]["annotations"]["helm.sh/hook"] == "post-delete" for o in objects)
+    (main,) = one(objects, "Job")["spec"]["template"]["spec"]["containers"]
     script = (CHART_DIR / "files" / "remove-finalizers.py").read_text()
     assert main["command"] == ["python", "-c", script]
+    assert main["env"] == [{"name": "WATCH_NAMESPACES", "value": ""}]
+    assert one(objects, "ClusterRole")["rules"] == CLEANUP_RULES
+
+
+def test_the_cleanup_hook_of_a_release_watching_namespaces_has_rights_in_those_only() -> None:
+    objects = hooked(manifests({**EVERYTHING_ON, "watchNamespaces": ["team-a", "team-b"]}))
+    assert not [o for o in objects if o["kind"].startswith("Cluster")]
+    roles = {o["metadata"]["namespace"]: o for o in objects if o["kind"] == "Role"}
+    bindings = {o["metadata"]["namespace"]: o for o in objects if o["kind"] == "RoleBinding"}
+    assert set(roles) == set(bindings) == {"team-a", "team-b"}
+    assert all(role["rules"] == CLEANUP_RULES for role in roles.values())
+    job = one(objects, "Job")
+    (main,) = job["spec"]["template"]["spec"]["containers"]
     assert main["env"] == [{"name": "WATCH_NAMESPACES", "value": "team-a,team-b"}]
-    (role,) = [o for o in hooked if o["kind"] == "ClusterRole"]
-    assert role["rules"] == [
-        {
-            "apiGroups": ["consul-sd.io"],
-            "resources": ["consuldiscoveries"],
-            "verbs": ["list", "patch"],
+    account = job["spec"]["template"]["spec"]["serviceAccountName"]
+    for binding in bindings.values():
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": roles[binding["metadata"]["namespace"]]["metadata"]["name"],
         }
-    ]
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": account, "namespace": "consul-sd"}
+        ]
 
 
 def test_the_readme_values_table_is_generated_from_values_yaml() -> None:

@@ -69,6 +69,16 @@ def test_the_address_comes_from_the_flag_then_the_spec_then_the_environment(
     assert (flagged.server, flagged.scheme) == ("flag:1", "http")
 
 
+@pytest.mark.parametrize("address", ["c:1", "http://c:1", "https://c:1"])
+def test_consul_http_ssl_means_https_whatever_the_address_says(address: str) -> None:
+    # The consul CLI never reverts to http when TLS was asked for (api.DefaultConfig).
+    env = {"CONSUL_HTTP_ADDR": address, "CONSUL_HTTP_SSL": "true"}
+    assert load_spec(parse(), env).consul.scheme == "https"
+    assert load_spec(parse(), {**env, "CONSUL_HTTP_SSL": "false"}).consul.scheme == (
+        "https" if address.startswith("https") else "http"
+    )
+
+
 def test_consul_http_ssl_must_be_a_boolean() -> None:
     with pytest.raises(UsageError, match=r"CONSUL_HTTP_SSL='yes please': not a boolean"):
         load_spec(parse(), {"CONSUL_HTTP_ADDR": "c:1", "CONSUL_HTTP_SSL": "yes please"})

@@ -59,6 +59,13 @@ def test_unknown_fields_are_rejected_not_ignored() -> None:
     ]
 
 
+def test_a_server_with_credentials_is_refused_without_repeating_them() -> None:
+    (found,) = problems({"consul": {"server": "admin:hunter22pw@consul:8500"}})
+    assert found.startswith("spec.consul.server: credentials in an address are not supported")
+    assert "hunter22pw" not in found
+    assert "admin" not in found
+
+
 def test_the_server_is_required() -> None:
     assert problems({"consul": {}}) == ["spec.consul.server: required"]
 

@@ -510,6 +510,13 @@ def _describe_rule(error: Any) -> str:
     if kind == "literal_error":
         return f"must be one of {ctx['expected']}"
     if kind == "string_pattern_mismatch":
+        if "@" in str(error["input"]):
+            # user:password@host: the value may hold a credential, and status and events are
+            # readable by more people than the spec's author.
+            return (
+                "credentials in an address are not supported and the value is not shown "
+                "(use tokenSecretRef or basicAuth)"
+            )
         if "([0-9]+)ms" in str(ctx.get("pattern", "")):
             return f"{error['input']!r} is not a duration like 30s, 5m or 1h30m"
         return f"{error['input']!r} does not match {ctx['pattern']}"

@@ -91,7 +91,8 @@ def environment_address(environ: Mapping[str, str]) -> tuple[Address, str] | Non
         return None
     address = split_address(text, source="CONSUL_HTTP_ADDR")
     ssl = environ.get("CONSUL_HTTP_SSL", "").strip()
-    if address.scheme is None and ssl and parse_bool(ssl, source="CONSUL_HTTP_SSL"):
+    # As the consul CLI: CONSUL_HTTP_SSL=true means https even over an http:// address.
+    if ssl and parse_bool(ssl, source="CONSUL_HTTP_SSL"):
         address = Address(server=address.server, scheme="https", path_prefix=address.path_prefix)
     return address, "CONSUL_HTTP_ADDR"
 
