@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from consul_sd.cli.migration import unique_name
 from tests.unit.test_cli import run
 
 PROMETHEUS = """
@@ -126,3 +127,143 @@ async def test_a_file_without_consul_sd_configs_is_one_error(tmp_path: Path) -> 
     assert err.splitlines()[0] == (
         f"consul-sd: error: {source}: no scrape_configs job has consul_sd_configs"
     )
+
+
+async def convert_text(tmp_path: Path, config: str) -> tuple[str, list[Any]]:
+    source = tmp_path / "prometheus.yml"
+    source.write_text(config)
+    code, out, err = await run("convert", str(source))
+    assert code == 0, err
+    return out, list(yaml.safe_load_all(out))
+
+
+async def test_jobs_whose_names_sanitise_alike_get_one_object_and_one_file_each(
+    tmp_path: Path,
+) -> None:
+    long = "x" * 50
+    out, documents = await convert_text(
+        tmp_path,
+        "scrape_configs:\n"
+        + "".join(
+            f"  - {{job_name: {job}, consul_sd_configs: [{{server: 'c:8500'}}]}}\n"
+            for job in ["web_a", "web-a", "Web.A", f"{long}-one", f"{long}-two"]
+        ),
+    )
+    *discoveries, jobs = documents
+    names = [d["metadata"]["name"] for d in discoveries]
+    assert names == ["web-a-0", "web-a-0-2", "web-a-0-3", f"{long}-0", f"{long}-0-2"]
+    files = [job["file_sd_configs"][0]["files"][0] for job in jobs["scrape_configs"]]
+    assert files == [f"/etc/prometheus/consul-sd/{name}.json" for name in names]
+    saved = tmp_path / "converted.yaml"
+    saved.write_text(out)
+    assert (await run("validate", str(saved)))[:2] == (0, "")
+
+
+def test_a_taken_name_gets_a_suffix_within_the_name_length_limit() -> None:
+    taken = {"a" * 63}
+    assert unique_name("a" * 63, taken) == "a" * 61 + "-2"
+    assert unique_name("a" * 63, taken) == "a" * 61 + "-3"
+    assert unique_name("b-0", taken) == "b-0"
+    assert taken == {"a" * 63, "a" * 61 + "-2", "a" * 61 + "-3", "b-0"}
+
+
+SECRET_JOBS = """
+scrape_configs:
+  - job_name: inline
+    bearer_token: BEARER-VALUE
+    basic_auth: {username: scraper, password: PASSWORD-VALUE}
+    authorization: {type: Bearer, credentials: CREDENTIALS-VALUE}
+    oauth2:
+      client_id: me
+      client_secret: CLIENT-SECRET-VALUE
+      token_url: https://auth.test/token
+      tls_config: {key: OAUTH-KEY-VALUE}
+    tls_config: {cert_file: /c.pem, key: TLS-KEY-VALUE}
+    proxy_url: http://proxyuser:PROXY-PASSWORD@proxy:3128/
+    proxy_connect_header: {Proxy-Authorization: [CONNECT-VALUE]}
+    http_headers:
+      X-Api-Key: {values: [plain], secrets: [HEADER-VALUE]}
+    kubernetes_sd_configs:
+      - role: pod
+        basic_auth: {username: k, password: K8S-PASSWORD-VALUE}
+    consul_sd_configs: [{server: 'c:8500'}]
+  - job_name: files
+    bearer_token_file: /bearer
+    basic_auth: {username: scraper, password_file: /password}
+    oauth2: {client_id: me, client_secret_file: /client-secret, token_url: https://auth.test/t}
+    tls_config: {cert_file: /c.pem, key_file: /k.pem}
+    proxy_url: http://proxy:3128/
+    http_headers:
+      X-Api-Key: {files: [/header]}
+    consul_sd_configs: [{server: 'c:8500'}]
+"""
+
+INLINE_SECRETS = [
+    "BEARER-VALUE",
+    "PASSWORD-VALUE",
+    "CREDENTIALS-VALUE",
+    "CLIENT-SECRET-VALUE",
+    "OAUTH-KEY-VALUE",
+    "TLS-KEY-VALUE",
+    "PROXY-PASSWORD",
+    "CONNECT-VALUE",
+    "HEADER-VALUE",
+    "K8S-PASSWORD-VALUE",
+]
+
+
+async def test_inline_secrets_of_the_kept_job_are_placeholders_named_in_comments(
+    tmp_path: Path,
+) -> None:
+    out, documents = await convert_text(tmp_path, SECRET_JOBS)
+    assert [secret for secret in INLINE_SECRETS if secret in out] == []
+    assert [line for line in out.splitlines() if line.startswith("# job ")] == [
+        "# job inline: bearer_token: not copied (a secret); use bearer_token_file",
+        "# job inline: basic_auth.password: not copied (a secret); use password_file",
+        "# job inline: authorization.credentials: not copied (a secret); use credentials_file",
+        "# job inline: oauth2.client_secret: not copied (a secret); use client_secret_file",
+        "# job inline: oauth2.tls_config.key: not copied (a secret); use key_file",
+        "# job inline: tls_config.key: not copied (a secret); use key_file",
+        "# job inline: proxy_url: its password not copied (a secret); put it back by hand",
+        "# job inline: proxy_connect_header.Proxy-Authorization[0]: not copied (a secret); "
+        "put it back by hand",
+        "# job inline: http_headers.X-Api-Key.secrets[0]: not copied (a secret); use files",
+        "# job inline: kubernetes_sd_configs[0].basic_auth.password: not copied (a secret); "
+        "use password_file",
+    ]
+    inline, files = documents[-1]["scrape_configs"]
+    assert inline["basic_auth"] == {
+        "username": "scraper",
+        "password": "<secret not copied: use password_file>",
+    }
+    assert inline["proxy_url"] == "http://proxyuser:xxxxx@proxy:3128/"
+    source = yaml.safe_load(SECRET_JOBS)["scrape_configs"][1]
+    del source["consul_sd_configs"]
+    assert {k: v for k, v in files.items() if k != "file_sd_configs"} == source
+
+
+async def test_a_non_bearer_authorization_is_named_and_never_sent_as_a_token(
+    tmp_path: Path,
+) -> None:
+    out, _ = await convert_text(
+        tmp_path,
+        """
+scrape_configs:
+  - job_name: basic
+    consul_sd_configs:
+      - server: 'c:8500'
+        authorization: {type: Basic, credentials_file: /etc/consul/tok, colour: red}
+  - job_name: bearer
+    consul_sd_configs:
+      - server: 'c:8500'
+        authorization: {type: bearer, credentials_file: /etc/consul/bearer}
+""",
+    )
+    runs = [line for line in out.splitlines() if line.startswith("# run: ")]
+    assert [run.partition(".json")[2] for run in runs] == ["", " --token-file /etc/consul/bearer"]
+    notes = [line for line in out.splitlines() if line.startswith("# unsupported: ")]
+    assert notes == [
+        "# unsupported: job basic: consul_sd_configs[0].authorization.type 'Basic' "
+        "(only Bearer credentials are a Consul token)",
+        "# unsupported: job basic: consul_sd_configs[0].authorization.colour",
+    ]

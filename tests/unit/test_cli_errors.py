@@ -78,6 +78,28 @@ async def test_a_broken_spec_file_names_the_file_and_the_line(tmp_path: Path) ->
     assert "<unicode string>" not in err
 
 
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("consul: [1]\n", "spec.consul must be a mapping (key: value), not list"),
+        ("selector: 5\n", "spec.selector must be a mapping (key: value), not int"),
+        ("selector: oops\n", "spec.selector must be a mapping (key: value), not str"),
+        (
+            "kind: ConsulDiscovery\nmetadata: 5\nspec: {}\n",
+            "metadata must be a mapping (key: value), not int",
+        ),
+    ],
+)
+async def test_a_spec_field_of_the_wrong_shape_is_one_usage_line_naming_it(
+    tmp_path: Path, text: str, problem: str
+) -> None:
+    spec = tmp_path / "shape.yaml"
+    spec.write_text(text)
+    code, _, err = await run("discover", "--spec", str(spec), "--once")
+    assert code == 2
+    assert usage_error(err) == f"consul-sd: error: --spec {spec}: {problem}"
+
+
 async def test_a_bad_flag_value_is_one_error_and_one_usage_line() -> None:
     code, _, err = await run("discover", "--mode", "sometimes", "--once")
     assert code == 2

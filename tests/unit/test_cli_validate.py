@@ -34,7 +34,7 @@ async def test_each_problem_is_one_line_with_file_and_document_index(tmp_path: P
         .replace("consul:8500", "http://consul:8500")
         .replace("  output: {configMap: {name: web-targets}}\n", "  maxConcurent: 5\n")
     )
-    other = GOOD.replace("consul-sd.io/v1alpha1", "consul-sd.io/v1")
+    other = GOOD.replace("consul-sd.io/v1alpha1", "consul-sd.io/v1").replace("web}", "other}")
     path.write_text("---\n".join([SECRET, GOOD, bad, other]))
     code, out, _ = await run("validate", str(path))
     assert code == 1
@@ -57,6 +57,33 @@ async def test_a_file_that_is_not_yaml_or_holds_no_discovery_is_a_problem(tmp_pa
     assert code == 1
     lines = out.splitlines()
     assert len(lines) == 3, out
-    assert lines[0].startswith(f"{broken}: invalid YAML at line 2 column 1")
+    assert lines[0].startswith(f"{broken}[0]: invalid YAML at line 2 column 1")
     assert lines[1] == f"{secret}: no ConsulDiscovery in the file"
     assert lines[2] == f"{tmp_path / 'no'}: No such file or directory"
+
+
+async def test_a_yaml_error_is_one_line_at_its_document_after_the_problems_before_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "cds.yaml"
+    path.write_text("---\n".join([GOOD.replace("name: web}", "name: Web}"), "kind: [\n", GOOD]))
+    code, out, _ = await run("validate", str(path))
+    assert code == 1
+    assert out.splitlines() == [
+        f"{path}[0]: metadata.name: 'Web' is not a Kubernetes object name",
+        f"{path}[1]: invalid YAML at line 9 column 1: "
+        "expected the node content, but found '<document start>'",
+    ]
+
+
+async def test_two_discoveries_of_one_name_in_one_namespace_are_a_problem(tmp_path: Path) -> None:
+    first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    elsewhere = GOOD.replace("{name: web}", "{name: web, namespace: other}")
+    first.write_text("---\n".join([GOOD, SECRET, elsewhere]))
+    second.write_text("---\n".join([elsewhere, GOOD.replace("{name: web}", "{name: api}"), GOOD]))
+    code, out, _ = await run("validate", str(first), str(second))
+    assert code == 1
+    assert out.splitlines() == [
+        f"{second}[0]: metadata.name: 'web' in namespace other is already the name of {first}[2]",
+        f"{second}[2]: metadata.name: 'web' is already the name of {first}[0]",
+    ]

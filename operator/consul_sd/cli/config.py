@@ -37,7 +37,7 @@ def load_spec(
         data = spec_from_file(args.spec, name=args.name)
     elif args.name is not None:
         raise UsageError("--name goes with --spec")
-    consul = dict(data.get("consul") or {})
+    consul = _mapping(data, "consul", path=args.spec)
     _set_address(consul, args, env=os.environ if environ is None else environ)
     _set_given(
         consul,
@@ -46,7 +46,7 @@ def load_spec(
         partition=args.partition,
         allowStale=args.allow_stale,
     )
-    selector = dict(data.get("selector") or {})
+    selector = _mapping(data, "selector", path=args.spec)
     _set_given(
         selector,
         services=args.services,
@@ -73,6 +73,19 @@ def load_spec(
         return parse_spec(spec)
     except SpecError as exc:
         raise UsageError("; ".join(map(friendly_problem, exc.problems))) from None
+
+
+def _mapping(data: Mapping[str, Any], key: str, *, path: Path | None) -> dict[str, Any]:
+    """A copy of ``data[key]``, which the flags are laid over: a mapping, or absent."""
+    value = data.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        # The type, never the value: a misplaced credential must not reach the message.
+        raise UsageError(
+            f"--spec {path}: spec.{key} must be a mapping (key: value), not {type(value).__name__}"
+        )
+    return dict(value)
 
 
 def _set_address(

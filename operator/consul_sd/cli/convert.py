@@ -5,8 +5,9 @@ Prints one YAML stream: a header comment, one ConsulDiscovery per ``consul_sd_co
 ``--spec``, and by a comment for every field that was not converted), then a document with the
 replacement ``scrape_configs`` (see :mod:`.migration`). The stream is itself a valid ``--spec``
 file and passes ``consul-sd validate``. Jobs without consul_sd_configs are left out: they stay as
-they are. Credentials in the Prometheus file are never printed. Comments starting
-``# unsupported:`` name every field that has no counterpart (it is not converted).
+they are. Credentials in the Prometheus file are never printed (inline ones of the kept jobs
+become placeholders, each named in a comment). Object names are unique within one run. Comments
+starting ``# unsupported:`` name every field that has no counterpart (it is not converted).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from consul_sd.cli.migration import (
     file_sd_path,
     object_name,
     replacement_job,
+    unique_name,
+    without_secrets,
 )
 from consul_sd.cli.specfile import read_documents
 
@@ -48,17 +51,24 @@ def convert(config: dict[str, Any], *, source: str, spec_file: str, target: Targ
     if not jobs:
         raise UsageError(f"{source}: no scrape_configs job has consul_sd_configs")
     parts, replaced, port = [], [], _port(target.http_sd)
+    taken: set[str] = set()  # two jobs must not give one object (nor one file_sd file)
+    secrets: list[str] = []
     for job in jobs:
         name = str(job.get("job_name", "job"))
         converted = [
-            convert_sd_config(object_name(name, i), sd, where=f"job {name}: consul_sd_configs[{i}]")
+            convert_sd_config(
+                unique_name(object_name(name, i), taken),
+                sd,
+                where=f"job {name}: consul_sd_configs[{i}]",
+            )
             for i, sd in enumerate(job["consul_sd_configs"])
         ]
         for i, one in enumerate(converted):
             parts.append(_object_text(one, spec_file=spec_file, target=target, port=port + i))
-        replaced.append(
-            replacement_job(job, [c.name for c in converted], target=target, first_port=port)
-        )
+        kept = replacement_job(job, [c.name for c in converted], target=target, first_port=port)
+        notes: list[str] = []
+        replaced.append(without_secrets(kept, where="", notes=notes))
+        secrets += [f"job {name}: {note}" for note in notes]
         port += len(converted)
     header = (
         f"# consul-sd convert {source}: {len(parts)} consul_sd_configs in {len(jobs)} jobs.\n"
@@ -67,7 +77,8 @@ def convert(config: dict[str, Any], *, source: str, spec_file: str, target: Targ
         "# prometheus.yml with the last document.\n"
     )
     jobs_text = yaml.safe_dump({"scrape_configs": replaced}, sort_keys=False)
-    tail = "# Replacement jobs: relabelings and scrape settings kept.\n" + jobs_text
+    tail = "# Replacement jobs: relabelings and scrape settings kept.\n"
+    tail += "".join(f"# {note}\n" for note in secrets) + jobs_text
     return header + "".join(f"---\n{part}" for part in [*parts, tail])
 
 

@@ -6,9 +6,10 @@ terminal), or keeps ``--output`` current and/or serves the targets as Prometheus
 :mod:`consul_sd.outputs.http_sd`) until SIGTERM/SIGINT, with a heartbeat line per publication.
 What it runs with (the spec, the flags over it, the CONSUL_* variables beneath them and the
 credential files) is :mod:`.config`'s. SIGHUP reads all of it again and restarts discovery
-seeded with the last targets, so the outputs never lose targets to a reload; a reload that fails
-is one ERROR line and the previous configuration keeps running. ``--output`` is checked before
-anything is discovered, and a write that fails later is retried (:mod:`.sinks`), never fatal.
+seeded with the targets the outputs hold (never an outage's empty snapshot), so the outputs
+never lose targets to a reload; a reload that fails, whatever the error, is one ERROR line and
+the previous configuration keeps running. ``--output`` is checked before anything is
+discovered, and a write that fails later is retried (:mod:`.sinks`), never fatal.
 
 Imported by :func:`consul_sd.cli.main` only when this subcommand runs: it loads the engine
 (pydantic, aiohttp, yaml), never kopf or the Kubernetes client.
@@ -197,26 +198,27 @@ async def _discover_forever(
     served = SnapshotServer(store, log_problems=writer is None) if listen is not None else None
     heartbeat = Heartbeat(tally=tally, interval=heartbeat_interval)
     sinks = [sink.publish for sink in (writer, served, heartbeat) if sink is not None]
-    first = [True]
-    metrics.SYNC_INTERVAL.labels("", CLI_METRICS_NAME).set(_sync_interval(setup.query))
+    current = _Current(setup)
 
     async def publish(snapshot: Snapshot) -> None:
         for sink in sinks:
             await sink(snapshot)
         written = is_publishable(snapshot, published_before=TRACKER.written_once)
         TRACKER.published(snapshot, written=written)
+        if written:
+            current.held = snapshot.groups
         problem = consul_problem(snapshot)
         metrics.set_degraded("", CLI_METRICS_NAME, problem.reason if problem else None)
-        if first[0] and snapshot.complete:
-            first[0] = False
-            _warn_if_empty(snapshot, services=setup.services)
+        if not current.warned and snapshot.complete:
+            current.warned = True
+            _warn_if_empty(snapshot, services=current.setup.services)
 
     server = await _listen(store, listen) if listen is not None else None
     background = [asyncio.create_task(heartbeat.run())]
     if writer is not None:
         background.append(asyncio.create_task(writer.retry_forever()))
     try:
-        await _supervise(setup, reconfigure=reconfigure, publish=publish, heartbeat=heartbeat)
+        await _supervise(current, reconfigure=reconfigure, publish=publish, tally=tally)
     finally:
         for task in background:
             task.cancel()
@@ -241,6 +243,22 @@ async def _listen(store: TargetStore, listen: tuple[str, int]) -> RunningServer:
 
 
 @dataclass
+class _Current:
+    """The run's setup and what the outputs hold, for the publish path and SIGHUP restarts."""
+
+    setup: Setup
+    # The groups of the last snapshot the sinks took (is_publishable): what a restart is seeded
+    # with. Never a snapshot they refused, such as the empty one an outage publishes.
+    held: Mapping[str, TargetGroup] | None = None
+    warned: bool = False  # the "nothing matched" check ran for this setup
+
+    def start(self, setup: Setup) -> None:
+        """A discovery run begins with ``setup``: its interval and services are the ones now."""
+        self.setup, self.warned = setup, False
+        metrics.SYNC_INTERVAL.labels("", CLI_METRICS_NAME).set(_sync_interval(setup.query))
+
+
+@dataclass
 class _Control:
     """What every discovery run of one process shares: how to publish, count and reload."""
 
@@ -252,20 +270,21 @@ class _Control:
 
 
 async def _supervise(
-    setup: Setup, *, reconfigure: Callable[[], Setup], publish: Publish, heartbeat: Heartbeat
+    current: _Current, *, reconfigure: Callable[[], Setup], publish: Publish, tally: RequestTally
 ) -> None:
     """Run discovery until SIGTERM/SIGINT; on SIGHUP, restart it with what ``reconfigure``
-    reads, seeded with the last published targets."""
+    reads, seeded with the targets the outputs hold."""
     loop = asyncio.get_running_loop()
-    control = _Control(reconfigure, publish, heartbeat.tally, asyncio.Event(), asyncio.Event())
+    control = _Control(reconfigure, publish, tally, asyncio.Event(), asyncio.Event())
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, control.stop.set)
     loop.add_signal_handler(signal.SIGHUP, control.reload.set)
     try:
+        setup = current.setup
         while not control.stop.is_set():
-            last = heartbeat.last
+            current.start(setup)
             # The targets the outputs hold: a service the new run cannot read yet keeps them.
-            seed = dict(last.groups) if last is not None and last.groups else None
+            seed = dict(current.held) if current.held else None
             setup = await _run_until_reload(setup, control=control, seed=seed)
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -288,10 +307,8 @@ async def _run_until_reload(
                 if control.stop.is_set():
                     return setup
                 control.reload.clear()
-                try:
-                    new = control.reconfigure()
-                except UsageError as exc:
-                    logger.error("SIGHUP: %s; the previous configuration keeps running", exc)
+                new = _reconfigure(control.reconfigure)
+                if new is None:
                     continue
                 logger.info("SIGHUP: configuration read again; restarting discovery")
                 return new
@@ -299,6 +316,23 @@ async def _run_until_reload(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+def _reconfigure(reconfigure: Callable[[], Setup]) -> Setup | None:
+    """The configuration read again, or None (one ERROR line) if it cannot be used: whatever
+    went wrong, a SIGHUP never ends the run."""
+    try:
+        return reconfigure()
+    except UsageError as exc:
+        logger.error("SIGHUP: %s; the previous configuration keeps running", exc)
+    except Exception as exc:  # a reload must not end the run, as main's guard would
+        logger.debug("SIGHUP: unexpected error", exc_info=exc)
+        logger.error(
+            "SIGHUP: unexpected %s: %s; the previous configuration keeps running",
+            type(exc).__name__,
+            exc,
+        )
+    return None
 
 
 async def _first_of(task: asyncio.Task[None], *events: asyncio.Event) -> None:

@@ -8,6 +8,7 @@ PyYAML's multi-line dump. Reading only: what a spec means is :mod:`consul_sd.api
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,20 +22,45 @@ def read_documents(path: Path, *, flag: str = "", keep_empty: bool = False) -> l
     """Every document of ``path`` (``keep_empty``: empty ones as None, so indexes count every
     document); :class:`UsageError` naming the file if unreadable."""
     where = f"{flag} {path}".strip()
+    text = _read_text(path, where=where)
     try:
-        text = path.read_text()
+        return [doc for doc in yaml.safe_load_all(text) if keep_empty or doc is not None]
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{where}: {_yaml_problem(exc)}") from None
+
+
+def iter_documents(path: Path) -> Iterator[tuple[int, Any]]:
+    """Every document of ``path`` (empty ones as None) with its index, read one at a time so
+    that a YAML error in one leaves the ones before it to the caller; :class:`UsageError`
+    names the file, and the document a YAML error breaks (``FILE[N]``)."""
+    loader, index = yaml.safe_load_all(_read_text(path, where=str(path))), 0
+    while True:  # ends with the stream: each round takes one document or raises
+        try:
+            document = next(loader)
+        except StopIteration:
+            return
+        except yaml.YAMLError as exc:
+            raise UsageError(f"{path}[{index}]: {_yaml_problem(exc)}") from None
+        yield index, document
+        index += 1
+
+
+def _read_text(path: Path, *, where: str) -> str:
+    try:
+        return path.read_text()
     except OSError as exc:
         raise UsageError(f"{where}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         raise UsageError(f"{where}: not UTF-8 text (byte {exc.start})") from None
-    try:
-        return [doc for doc in yaml.safe_load_all(text) if keep_empty or doc is not None]
-    except yaml.MarkedYAMLError as exc:
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line for PyYAML's multi-line error: where, and what."""
+    if isinstance(exc, yaml.MarkedYAMLError):
         mark = exc.problem_mark
         position = f"line {mark.line + 1} column {mark.column + 1}: " if mark else ""
-        raise UsageError(f"{where}: invalid YAML at {position}{exc.problem}") from None
-    except yaml.YAMLError as exc:
-        raise UsageError(f"{where}: invalid YAML ({str(exc).splitlines()[0]})") from None
+        return f"invalid YAML at {position}{exc.problem}"
+    return f"invalid YAML ({str(exc).splitlines()[0]})"
 
 
 def spec_from_file(path: Path, *, name: str | None) -> dict[str, Any]:
@@ -48,7 +74,7 @@ def spec_from_file(path: Path, *, name: str | None) -> dict[str, Any]:
     if len(documents) == 1 and "kind" not in documents[0] and name is None:
         return _spec_of(path, documents[0])
     found = [doc for doc in documents if doc.get("kind") == KIND]
-    names = [str((doc.get("metadata") or {}).get("name", "")) for doc in found]
+    names = [_name_of(path, doc) for doc in found]
     if name is not None:
         found = [doc for doc, doc_name in zip(found, names, strict=True) if doc_name == name]
         if not found:
@@ -63,6 +89,17 @@ def spec_from_file(path: Path, *, name: str | None) -> dict[str, Any]:
             "choose one with --name"
         )
     return _spec_of(path, found[0])
+
+
+def _name_of(path: Path, document: dict[str, Any]) -> str:
+    metadata = document.get("metadata")
+    if metadata is None:
+        return ""
+    if not isinstance(metadata, dict):
+        raise UsageError(
+            f"--spec {path}: metadata must be a mapping (key: value), not {type(metadata).__name__}"
+        )
+    return str(metadata.get("name", ""))
 
 
 def _spec_of(path: Path, document: dict[str, Any]) -> dict[str, Any]:

@@ -5,8 +5,10 @@ Every ConsulDiscovery document of every file is checked as the cluster and the o
 spec through the same model the CRD schema is generated from, with the operator's own rules
 (an output is required). Documents of other kinds are skipped (examples keep Secrets beside
 their CRs). Each problem is printed as ``FILE[DOCUMENT]: problem`` (documents count from 0, as
-``yq`` does); the exit code is 1 on any problem, 0 otherwise. No cluster and no Consul are
-contacted.
+``yq`` does), a YAML error at the document it breaks (the ones before it still checked), and
+two ConsulDiscovery of one name in one namespace across all the files (applied together, the
+second would replace the first). The exit code is 1 on any problem, 0 otherwise. No cluster
+and no Consul are contacted.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from consul_sd.api.spec import (
     validate_discovery_name,
 )
 from consul_sd.cli.arguments import UsageError
-from consul_sd.cli.specfile import friendly_problem, read_documents
+from consul_sd.cli.specfile import friendly_problem, iter_documents
 
 logger = logging.getLogger("consul_sd")
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -59,31 +61,51 @@ def document_problems(document: Any) -> list[str]:
     return problems
 
 
-def file_problems(path: Path) -> tuple[list[str], int]:
-    """``FILE[N]: problem`` lines for ``path``, and how many ConsulDiscovery it holds."""
-    try:
-        documents = read_documents(path, keep_empty=True)
-    except UsageError as exc:
-        return [str(exc)], 0
+def file_problems(path: Path, *, seen: dict[tuple[str | None, str], str]) -> tuple[list[str], int]:
+    """``FILE[N]: problem`` lines for ``path``, and how many ConsulDiscovery it holds. ``seen``
+    (shared by the files of one run) maps (namespace, name) to the first ``FILE[N]`` using it:
+    a second object of that name would replace the first when both are applied."""
     lines, found = [], 0
-    for index, document in enumerate(documents):
-        if document is None:
-            continue
-        if not isinstance(document, dict):
-            lines.append(f"{path}[{index}]: not a YAML mapping")
-            continue
-        if document.get("kind") != KIND:
-            continue
-        found += 1
-        lines.extend(f"{path}[{index}]: {problem}" for problem in document_problems(document))
+    try:
+        for index, document in iter_documents(path):
+            if document is None:
+                continue
+            if not isinstance(document, dict):
+                lines.append(f"{path}[{index}]: not a YAML mapping")
+                continue
+            if document.get("kind") != KIND:
+                continue
+            found += 1
+            where = f"{path}[{index}]"
+            lines.extend(f"{where}: {problem}" for problem in document_problems(document))
+            if duplicate := _duplicate(document, where=where, seen=seen):
+                lines.append(f"{where}: {duplicate}")
+    except UsageError as exc:  # the documents before the broken one were checked above
+        lines.append(str(exc))
     return lines, found
+
+
+def _duplicate(
+    document: dict[str, Any], *, where: str, seen: dict[tuple[str | None, str], str]
+) -> str:
+    metadata = document.get("metadata")
+    if not isinstance(metadata, dict) or not isinstance(metadata.get("name"), str):
+        return ""  # document_problems said so
+    namespace = metadata.get("namespace")
+    key = (namespace if isinstance(namespace, str) else None, metadata["name"])
+    first = seen.setdefault(key, where)
+    if first == where:  # the first, or the same file named twice: one object
+        return ""
+    in_namespace = f" in namespace {key[0]}" if key[0] else ""
+    return f"metadata.name: {key[1]!r}{in_namespace} is already the name of {first}"
 
 
 def run(args: argparse.Namespace) -> int:
     problems: list[str] = []
     checked = 0
+    seen: dict[tuple[str | None, str], str] = {}
     for path in args.files:
-        lines, found = file_problems(path)
+        lines, found = file_problems(path, seen=seen)
         problems.extend(lines)
         checked += found
         if found == 0 and not lines:
