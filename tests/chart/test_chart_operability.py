@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import xml.etree.ElementTree as ET
 from typing import Any
 
 import pytest
@@ -77,7 +78,11 @@ def test_chart_yaml_says_where_the_project_lives() -> None:
     metadata = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())
     assert metadata["home"].startswith("https://")
     assert metadata["sources"]
-    assert metadata["icon"].startswith("https://")
+    # The icon is this repository's own file on its main branch: it exists and is an SVG.
+    prefix = "https://raw.githubusercontent.com/consul-sd-operator/consul-sd-operator/main/"
+    assert metadata["icon"].startswith(prefix)
+    icon = REPO_ROOT / metadata["icon"].removeprefix(prefix)
+    assert ET.fromstring(icon.read_text()).tag == "{http://www.w3.org/2000/svg}svg"
 
 
 def test_an_image_digest_wins_over_the_tag_and_the_registry_is_prepended() -> None:

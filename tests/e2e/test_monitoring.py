@@ -7,8 +7,9 @@
   a real operator process whose one ConsulDiscovery finds Consul unreachable and another a
   working Consul (the simulator), fires ConsulSDDegraded, and answers every dashboard panel's
   query with data;
-- the cleanup the chart offers (its hook's script, and the command docs/runbooks.md gives) lets
-  a ConsulDiscovery whose operator is gone be deleted.
+- the cleanup the chart offers (its hook Job's script, run with a token of the hook's own
+  ServiceAccount and rules as rendered, and the command docs/runbooks.md gives) lets a
+  ConsulDiscovery whose operator is gone be deleted.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from tests.e2e.operator_harness import (
     get_cr,
     sample_cr,
 )
+from tests.e2e.test_rbac import RBAC_KINDS, apply
 from tests.support.components import ControlPlane, Prometheus, free_port, http_request
 
 pytestmark = pytest.mark.e2e
@@ -248,21 +250,38 @@ def test_without_cleanup_a_deleted_cr_waits_for_the_gone_operator(
     assert get_cr(api, namespace, "orphan")["metadata"]["deletionTimestamp"]
 
 
-def test_the_charts_cleanup_script_releases_every_cr_so_deleting_completes(
-    control_plane: ControlPlane, consul_sd_crd: None, api: k8s.ApiClient, namespace: str
+def test_the_charts_cleanup_job_releases_every_cr_with_its_own_rights_so_deleting_completes(
+    control_plane: ControlPlane,
+    consul_sd_crd: None,
+    api: k8s.ApiClient,
+    namespace: str,
+    tmp_path: Path,
 ) -> None:
     stuck_cr(api, namespace, "first")
     stuck_cr(api, namespace, "second")
-    script = CHART_DIR / "files" / "remove-finalizers.py"
+    # The hook's ServiceAccount and rules as the chart renders them (release in this namespace,
+    # watching it), and a kubeconfig holding a token of that ServiceAccount only.
+    values = {"cleanup": {"enabled": True}, "watchNamespaces": [namespace]}
+    job = next(o for o in manifests(values, namespace=namespace) if o["kind"] == "Job")
+    for document in manifests(values, namespace=namespace):
+        if document["kind"] in RBAC_KINDS:
+            apply(control_plane, document)
+    kubeconfig = control_plane.write_kubeconfig(
+        tmp_path / "cleanup.kubeconfig",
+        token=service_account_token(
+            control_plane, namespace, job["spec"]["template"]["spec"]["serviceAccountName"]
+        ),
+    )
+    (container,) = job["spec"]["template"]["spec"]["containers"]
     env = {
         **os.environ,
-        "KUBECONFIG": str(control_plane.kubeconfig),
-        "WATCH_NAMESPACES": namespace,
+        **{item["name"]: item["value"] for item in container["env"]},
+        "KUBECONFIG": str(kubeconfig),
         "PAUSE_SECONDS": "0.5",
     }
     env.pop("KUBERNETES_SERVICE_HOST", None)
     ran = subprocess.run(
-        [sys.executable, str(script)],
+        [sys.executable, "-c", container["command"][-1]],
         check=False,
         env=env,
         capture_output=True,
@@ -275,6 +294,18 @@ def test_the_charts_cleanup_script_releases_every_cr_so_deleting_completes(
     )
     assert delete_and_wait_gone(api, namespace, "first", timeout=30)
     assert delete_and_wait_gone(api, namespace, "second", timeout=30)
+
+
+def service_account_token(control_plane: ControlPlane, namespace: str, name: str) -> str:
+    """A short-lived token of ServiceAccount ``namespace/name`` (the TokenRequest API)."""
+    answer = control_plane.request(
+        "POST",
+        f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token",
+        body={"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+              "spec": {"expirationSeconds": 600}},
+    )  # fmt: skip
+    assert answer.status == 201, answer.text
+    return str(answer.json()["status"]["token"])
 
 
 def test_the_runbooks_command_releases_a_cr_stuck_in_deletion(
