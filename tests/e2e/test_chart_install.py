@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from tests.chart.rendering import CHART_DIR, HELM_MISSING, REPO_ROOT, manifests, one, render
+from tests.e2e.kinds import RBAC, collection_path
 from tests.e2e.operator_harness import CRD_FILE, eventually
 from tests.support.components import ControlPlane, apply_crds
 
@@ -35,7 +36,6 @@ pytestmark = pytest.mark.e2e
 
 CRD_NAME = "consuldiscoveries.consul-sd.io"
 CRD_PATH = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{CRD_NAME}"
-RBAC = "/apis/rbac.authorization.k8s.io/v1"
 
 
 def get(control_plane: ControlPlane, path: str) -> dict[str, Any] | None:
@@ -239,3 +239,46 @@ def test_the_notes_commands_work_in_a_namespace_other_than_monitoring(
     path = f"/apis/consul-sd.io/v1alpha1/namespaces/{namespace}/consuldiscoveries/web"
     discovery = control_plane.request("GET", path).json()
     assert discovery["spec"]["consul"]["tokenSecretRef"]["name"] == "consul-acl-token"
+
+
+@pytest.mark.parametrize(
+    ("case", "values", "release_name"),
+    [
+        ("release-53", {}, "r" * 47),
+        ("fullname-63", {"fullnameOverride": "f" * 63}, "x"),
+        ("namespaced", {"watchNamespaces": ["w"], "nameOverride": "n" * 63}, "r" * 47),
+    ],
+)
+def test_the_apiserver_accepts_every_object_at_the_longest_names(
+    control_plane: ControlPlane,
+    monitoring_crds: list[str],
+    case: str,
+    values: dict[str, Any],
+    release_name: str,
+) -> None:
+    """Server-side dry run (dryRun=All) of every object, everything on, hooks included."""
+    suffix = uuid.uuid4().hex[:6]
+    namespace = f"long-{suffix}"
+    release_name = f"{release_name}{suffix}"  # 53 characters for the long cases
+    create_namespace(control_plane, namespace)
+    watched = [f"{n}-{suffix}" for n in values.get("watchNamespaces", [])]
+    for name in watched:
+        create_namespace(control_plane, name)
+    everything = {
+        **values,
+        **({"watchNamespaces": watched} if watched else {}),
+        "serviceMonitor": {"enabled": True},
+        "prometheusRule": {"enabled": True},
+        "dashboard": {"enabled": True},
+        "cleanup": {"enabled": True},
+        "networkPolicy": {"enabled": True, "allowedClients": [{}]},
+    }
+    objects = manifests(everything, release=release_name, namespace=namespace)
+    for item in objects:
+        answer = control_plane.request(
+            "POST", f"{collection_path(item)}?dryRun=All&fieldValidation=Strict", body=item
+        )
+        accepted = answer.status == 201 or (
+            item["kind"] == "CustomResourceDefinition" and answer.status == 409
+        )
+        assert accepted, (case, item["kind"], item["metadata"]["name"], answer.text)

@@ -25,6 +25,7 @@ from kubernetes import client as k8s
 
 from tests.chart.rendering import RELEASE, RELEASE_NAMESPACE, manifests
 from tests.e2e.conftest import OPERATOR_NAMESPACE, OPERATOR_SERVICE_ACCOUNT, OPERATOR_TOKEN
+from tests.e2e.kinds import object_path
 from tests.e2e.operator_harness import (
     GROUP,
     PLURAL,
@@ -40,29 +41,8 @@ from tests.support.components import ControlPlane, apply_crds
 pytestmark = pytest.mark.e2e
 
 RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
-# (api prefix, plural, namespaced) of every kind the tests apply.
-_RESOURCES = {
-    "Namespace": ("/api/v1", "namespaces", False),
-    "ServiceAccount": ("/api/v1", "serviceaccounts", True),
-    "ClusterRole": ("/apis/rbac.authorization.k8s.io/v1", "clusterroles", False),
-    "ClusterRoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "clusterrolebindings", False),
-    "Role": ("/apis/rbac.authorization.k8s.io/v1", "roles", True),
-    "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings", True),
-    "CustomResourceDefinition": (
-        "/apis/apiextensions.k8s.io/v1",
-        "customresourcedefinitions",
-        False,
-    ),
-}
 ACL_TOKEN = "consul-acl-" + uuid.uuid4().hex
 FINALIZER = "consul-sd.io/finalizer"
-
-
-def object_path(document: dict[str, Any]) -> str:
-    prefix, plural, namespaced = _RESOURCES[document["kind"]]
-    meta = document["metadata"]
-    where = f"/namespaces/{meta['namespace']}" if namespaced else ""
-    return f"{prefix}{where}/{plural}/{meta['name']}"
 
 
 def apply(control_plane: ControlPlane, document: dict[str, Any]) -> None:

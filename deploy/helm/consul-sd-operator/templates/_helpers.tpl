@@ -23,6 +23,26 @@ The release's full name: the release name alone when it already contains the cha
 {{- end }}
 {{- end }}
 
+{{/*
+The full name with a suffix ("metrics", "cleanup", ...), the full name cut so that the whole
+stays within 63 characters: Service names are DNS labels and a Job's name goes into its pods'
+job-name label, both limited to 63 (a 63-character fullnameOverride or a 53-character release
+name would otherwise give invalid objects). Call with (list $ "suffix").
+*/}}
+{{- define "consul-sd-operator.suffixedName" -}}
+{{- $root := index . 0 }}
+{{- $suffix := index . 1 }}
+{{- $base := include "consul-sd-operator.fullname" $root | trunc (int (sub 62 (len $suffix))) | trimSuffix "-" }}
+{{- printf "%s-%s" $base $suffix }}
+{{- end }}
+
+{{/*
+The metrics Service's name, also the job label its ServiceMonitor gives the operator's metrics.
+*/}}
+{{- define "consul-sd-operator.metricsServiceName" -}}
+{{- include "consul-sd-operator.suffixedName" (list . "metrics") }}
+{{- end }}
+
 {{- define "consul-sd-operator.chart" -}}
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
@@ -104,6 +124,6 @@ The base URL ScrapeConfigs in the HTTP SD form point at: httpSD.url, else the me
 {{- if .Values.httpSD.url }}
 {{- .Values.httpSD.url | trimSuffix "/" }}
 {{- else }}
-{{- printf "http://%s-metrics.%s.svc:%v" (include "consul-sd-operator.fullname" .) .Release.Namespace .Values.service.port }}
+{{- printf "http://%s.%s.svc:%v" (include "consul-sd-operator.metricsServiceName" .) .Release.Namespace .Values.service.port }}
 {{- end }}
 {{- end }}
