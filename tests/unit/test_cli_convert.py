@@ -186,6 +186,8 @@ scrape_configs:
     kubernetes_sd_configs:
       - role: pod
         basic_auth: {username: k, password: K8S-PASSWORD-VALUE}
+    nomad_sd_configs: [{server: "http://n:NOMAD-PASSWORD@nomad:4646"}]
+    marathon_sd_configs: [{servers: ["http://m:MARATHON-PASSWORD@m:8080", "http://m:8080"]}]
     consul_sd_configs: [{server: 'c:8500'}]
   - job_name: files
     bearer_token_file: /bearer
@@ -209,6 +211,8 @@ INLINE_SECRETS = [
     "CONNECT-VALUE",
     "HEADER-VALUE",
     "K8S-PASSWORD-VALUE",
+    "NOMAD-PASSWORD",
+    "MARATHON-PASSWORD",
 ]
 
 
@@ -230,6 +234,10 @@ async def test_inline_secrets_of_the_kept_job_are_placeholders_named_in_comments
         "# job inline: http_headers.X-Api-Key.secrets[0]: not copied (a secret); use files",
         "# job inline: kubernetes_sd_configs[0].basic_auth.password: not copied (a secret); "
         "use password_file",
+        "# job inline: nomad_sd_configs[0].server: its password not copied (a secret); "
+        "put it back by hand",
+        "# job inline: marathon_sd_configs[0].servers[0]: its password not copied (a secret); "
+        "put it back by hand",
     ]
     inline, files = documents[-1]["scrape_configs"]
     assert inline["basic_auth"] == {
@@ -267,3 +275,136 @@ scrape_configs:
         "(only Bearer credentials are a Consul token)",
         "# unsupported: job basic: consul_sd_configs[0].authorization.colour",
     ]
+
+
+async def test_a_line_break_in_a_name_cannot_end_a_comment_and_inject_yaml(
+    tmp_path: Path,
+) -> None:
+    out, documents = await convert_text(
+        tmp_path,
+        'scrape_configs:\n  - job_name: "a\\nkind: Injected\\u2028x"\n'
+        "    consul_sd_configs: [{server: 'c:8500', proxy_url: 'http://p:1'}]\n",
+    )
+    assert "# unsupported: job a\\nkind: Injected\\u2028x: consul_sd_configs[0].proxy_url" in out
+    assert documents[0]["kind"] == "ConsulDiscovery"
+    saved = tmp_path / "converted.yaml"
+    saved.write_text(out)
+    assert (await run("validate", str(saved)))[:2] == (0, "")
+
+
+async def test_what_prometheus_accepts_converts_to_a_valid_consul_discovery(
+    tmp_path: Path,
+) -> None:
+    out, documents = await convert_text(
+        tmp_path,
+        """
+scrape_configs:
+  - job_name: odd
+    consul_sd_configs:
+      - server: https://consul.test:8501
+        scheme: http
+        refresh_interval: 500ms
+        tags: null
+        services: [web, 8080]
+        node_meta: {rack: 1, ssd: true}
+        allow_stale: null
+      - server: http://consul.test:8500
+        path_prefix: consul
+        tls_config: null
+        token: ""
+""",
+    )
+    first, second = (d["spec"] for d in documents[:2])
+    assert first["consul"] == {"server": "consul.test:8501", "scheme": "https", "allowStale": False}
+    assert first["refreshInterval"] == "1s"
+    assert first["selector"] == {
+        "services": ["web", "8080"],
+        "nodeMeta": {"rack": "1", "ssd": "true"},
+    }
+    assert second["consul"] == {"server": "consul.test:8500", "pathPrefix": "/consul"}
+    assert "# job odd: consul_sd_configs[0].refresh_interval: 500ms raised to 1s" in out
+    assert "consul_sd_configs[1]" not in out  # a null or empty credential is none
+    saved = tmp_path / "converted.yaml"
+    saved.write_text(out)
+    assert (await run("validate", str(saved)))[:2] == (0, "")
+
+
+async def test_a_config_prometheus_would_refuse_is_one_error_line(tmp_path: Path) -> None:
+    source = tmp_path / "prometheus.yml"
+    cases = {
+        "scrape_configs: 5": "scrape_configs: not a list",
+        "scrape_configs: [{job_name: j, consul_sd_configs: {server: 'c:1'}}]": (
+            "job j: consul_sd_configs: not a list"
+        ),
+        "scrape_configs: [{job_name: j, consul_sd_configs: [null, x]}]": (
+            "job j: consul_sd_configs[0]: not a mapping"
+        ),
+        "scrape_configs: [{job_name: j, consul_sd_configs: [{services: web}]}]": (
+            "job j: consul_sd_configs[0]: spec.selector.services: input should be a valid list"
+        ),
+        "scrape_configs: [{job_name: j, consul_sd_configs: [{tls_config: {ca_file: [a]}}]}]": (
+            "job j: consul_sd_configs[0].tls_config.ca_file: not a string"
+        ),
+        "scrape_configs: [{job_name: j, consul_sd_configs: [{server: 'a:1', server: 'b:1'}]}]": (
+            "invalid YAML at line 1 column 68: key 'server' given twice (first at line 1)"
+        ),
+        "scrape_config_files: [more/*.yml]": (
+            "no scrape_configs job has consul_sd_configs "
+            "(scrape_config_files are not read: convert each)"
+        ),
+    }
+    for config, problem in cases.items():
+        source.write_text(config + "\n")
+        code, out, err = await run("convert", str(source))
+        assert (code, out) == (2, ""), config
+        assert err.splitlines()[0] == f"consul-sd: error: {source}: {problem}", config
+
+
+async def test_scrape_config_files_are_named_as_not_read(tmp_path: Path) -> None:
+    out, _ = await convert_text(
+        tmp_path, "scrape_config_files: [more/*.yml]\n" + PROMETHEUS.replace("global:", "g0:")
+    )
+    assert "# unsupported: scrape_config_files (more/*.yml): not read;" in out
+
+
+async def test_http_sd_ports_past_65535_are_an_error(tmp_path: Path) -> None:
+    source = tmp_path / "prometheus.yml"
+    source.write_text(PROMETHEUS)
+    code, out, err = await run(
+        "convert", str(source), "--for", "http_sd", "--http-sd", "127.0.0.1:65535"
+    )
+    assert (code, out) == (2, "")
+    assert "2 ports do not fit below 65536" in err
+
+
+async def test_nested_yaml_aliases_are_kept_shared_not_copied_out(tmp_path: Path) -> None:
+    levels = [f"a0: &a0 [{', '.join(['x'] * 10)}]"] + [
+        f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 5)
+    ]
+    out, documents = await convert_text(
+        tmp_path,
+        "scrape_configs:\n  - job_name: j\n    consul_sd_configs: [{server: 'c:8500'}]\n"
+        "    params:\n" + "".join(f"      {line}\n" for line in levels),
+    )
+    assert len(out) < 5000  # 10^4 copies of x otherwise
+    assert len(documents[-1]["scrape_configs"][0]["params"]["a4"][9][9][9][9]) == 10
+
+
+async def test_a_unicode_job_name_is_kept_readable(tmp_path: Path) -> None:
+    out, documents = await convert_text(
+        tmp_path, "scrape_configs: [{job_name: 日本, consul_sd_configs: [{server: 'c:1'}]}]\n"
+    )
+    assert "- job_name: 日本\n" in out
+    assert documents[-1]["scrape_configs"][0]["job_name"] == "日本"
+
+
+async def test_an_alias_shared_across_kinds_of_setting_keeps_no_secret(tmp_path: Path) -> None:
+    out, documents = await convert_text(
+        tmp_path,
+        "scrape_configs:\n  - job_name: j\n    consul_sd_configs: [{server: 'c:8500'}]\n"
+        "    x: &t {key: SHARED-KEY-VALUE}\n    tls_config: *t\n",
+    )
+    (job,) = documents[-1]["scrape_configs"]
+    assert job["x"] == {"key": "SHARED-KEY-VALUE"}  # not a secret there: found by field names
+    assert job["tls_config"] == {"key": "<secret not copied: use key_file>"}
+    assert "# job j: tls_config.key: not copied (a secret); use key_file" in out

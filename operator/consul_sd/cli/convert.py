@@ -31,6 +31,10 @@ from consul_sd.cli.migration import (
     without_secrets,
 )
 from consul_sd.cli.specfile import read_documents
+from consul_sd.cli.validate import document_problems
+
+_MAX_PORT = 65535
+_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml's when installed: faster
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,40 +50,92 @@ def run(args: argparse.Namespace) -> int:
 
 def convert(config: dict[str, Any], *, source: str, spec_file: str, target: Target) -> str:
     """The whole output for a parsed prometheus.yml."""
-    jobs = [job for job in config.get("scrape_configs") or [] if isinstance(job, dict)]
-    jobs = [job for job in jobs if job.get("consul_sd_configs")]
-    if not jobs:
-        raise UsageError(f"{source}: no scrape_configs job has consul_sd_configs")
+    jobs = _consul_jobs(config, source=source)
     parts, replaced, port = [], [], _port(target.http_sd)
     taken: set[str] = set()  # two jobs must not give one object (nor one file_sd file)
     secrets: list[str] = []
     for job in jobs:
         name = str(job.get("job_name", "job"))
         converted = [
-            convert_sd_config(
-                unique_name(object_name(name, i), taken),
-                sd,
-                where=f"job {name}: consul_sd_configs[{i}]",
-            )
+            _converted(sd, name=unique_name(object_name(name, i), taken), where=(source, name, i))
             for i, sd in enumerate(job["consul_sd_configs"])
         ]
         for i, one in enumerate(converted):
             parts.append(_object_text(one, spec_file=spec_file, target=target, port=port + i))
         kept = replacement_job(job, [c.name for c in converted], target=target, first_port=port)
         notes: list[str] = []
-        replaced.append(without_secrets(kept, where="", notes=notes))
+        replaced.append(without_secrets(kept, where="", notes=notes, memo={}))
         secrets += [f"job {name}: {note}" for note in notes]
         port += len(converted)
-    header = (
-        f"# consul-sd convert {source}: {len(parts)} consul_sd_configs in {len(jobs)} jobs.\n"
-        "# Apply the ConsulDiscovery objects for the operator, or run each `consul-sd discover`\n"
-        "# below with this output saved as its --spec file; then replace the jobs in\n"
-        "# prometheus.yml with the last document.\n"
+    if target.kind == "http_sd" and port - 1 > _MAX_PORT:
+        raise UsageError(f"--http-sd {target.http_sd}: {len(parts)} ports do not fit below 65536")
+    header = [
+        f"consul-sd convert {source}: {len(parts)} consul_sd_configs in {len(jobs)} jobs.",
+        "Apply the ConsulDiscovery objects for the operator, or run each `consul-sd discover`",
+        "below with this output saved as its --spec file; then replace the jobs in",
+        "prometheus.yml with the last document.",
+        *_files_note(config),
+    ]
+    jobs_text = yaml.dump(
+        {"scrape_configs": replaced}, Dumper=_Dumper, sort_keys=False, allow_unicode=True
     )
-    jobs_text = yaml.safe_dump({"scrape_configs": replaced}, sort_keys=False)
-    tail = "# Replacement jobs: relabelings and scrape settings kept.\n"
-    tail += "".join(f"# {note}\n" for note in secrets) + jobs_text
-    return header + "".join(f"---\n{part}" for part in [*parts, tail])
+    tail = _comments(["Replacement jobs: relabelings and scrape settings kept.", *secrets])
+    return _comments(header) + "".join(f"---\n{part}" for part in [*parts, tail + jobs_text])
+
+
+def _consul_jobs(config: dict[str, Any], *, source: str) -> list[dict[str, Any]]:
+    """The jobs with consul_sd_configs; :class:`UsageError` where Prometheus would refuse the
+    shape (a traceback otherwise)."""
+    scrape_configs = config.get("scrape_configs") or []
+    if not isinstance(scrape_configs, list):
+        raise UsageError(f"{source}: scrape_configs: not a list")
+    jobs = [job for job in scrape_configs if isinstance(job, dict)]
+    jobs = [job for job in jobs if job.get("consul_sd_configs")]
+    if not jobs:
+        files = " (scrape_config_files are not read: convert each)" if _files_note(config) else ""
+        raise UsageError(f"{source}: no scrape_configs job has consul_sd_configs{files}")
+    for job in jobs:
+        if not isinstance(job["consul_sd_configs"], list):
+            raise UsageError(f"{source}: job {job.get('job_name')}: consul_sd_configs: not a list")
+    return jobs
+
+
+def _converted(sd: Any, *, name: str, where: tuple[str, str, int]) -> Converted:
+    """One entry converted; :class:`UsageError` naming it when the result would not be a valid
+    ConsulDiscovery (the entry is one Prometheus refuses, e.g. ``services: web``)."""
+    source, job, index = where
+    at = f"{source}: job {job}: consul_sd_configs[{index}]"
+    if not isinstance(sd, dict):
+        raise UsageError(f"{at}: not a mapping")
+    try:
+        converted = convert_sd_config(name, sd, where=f"job {job}: consul_sd_configs[{index}]")
+    except UsageError as exc:  # a setting that is no string
+        raise UsageError(f"{source}: {exc}") from None
+    if problems := document_problems(converted.document):
+        raise UsageError(f"{at}: " + "; ".join(problems))
+    return converted
+
+
+def _files_note(config: dict[str, Any]) -> list[str]:
+    files = config.get("scrape_config_files")
+    if not files:
+        return []
+    globs = ", ".join(g for g in files if isinstance(g, str)) if isinstance(files, list) else ""
+    return [
+        f"unsupported: scrape_config_files ({globs}): not read; run consul-sd convert on each "
+        "(object names are unique within one run only)"
+    ]
+
+
+def _comments(lines: list[str]) -> str:
+    """``lines`` as YAML comments, a line break or other unprintable character escaped (a job
+    name with a newline would otherwise end the comment and inject YAML)."""
+    return "".join(
+        "# "
+        + "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in line)
+        + "\n"
+        for line in lines
+    )
 
 
 def _port(http_sd: str) -> int:
@@ -96,6 +152,6 @@ def _object_text(converted: Converted, *, spec_file: str, target: Target, port: 
     else:
         command += ["--output", file_sd_path(converted.name, target=target)]
     command += converted.flags
-    lines = [f"# run: {shlex.join(command)}"] if target.kind != "operator" else []
-    lines += [f"# {note}" for note in converted.notes]
-    return "\n".join(lines) + "\n" + yaml.safe_dump(converted.document, sort_keys=False)
+    lines = [f"run: {shlex.join(command)}"] if target.kind != "operator" else []
+    text = yaml.dump(converted.document, Dumper=_Dumper, sort_keys=False, allow_unicode=True)
+    return _comments(lines + converted.notes) + text

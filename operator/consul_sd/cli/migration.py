@@ -23,8 +23,10 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
+from consul_sd.api.durations import parse_duration
 from consul_sd.api.names import GROUP, KIND, VERSION
-from consul_sd.api.spec import MAX_DISCOVERY_NAME
+from consul_sd.api.spec import MAX_DISCOVERY_NAME, MIN_REFRESH_INTERVAL
+from consul_sd.cli.arguments import UsageError
 
 # Prometheus consul_sd field -> (spec section, spec field); section "" is the spec itself.
 _COPIED = {
@@ -106,12 +108,16 @@ def convert_sd_config(name: str, sd: dict[str, Any], *, where: str) -> Converted
     converted = Converted(name, {})
     for key, value in sd.items():
         if key in _COPIED:
+            if value is None and key != "allow_stale":
+                continue  # Go's zero value: the field's default (allow_stale's is true)
             section, target = _COPIED[key]
-            (spec[section] if section else spec)[target] = value
+            (spec[section] if section else spec)[target] = _as_prometheus_reads(key, value)
         elif key in ("token", "authorization", "basic_auth", "tls_config"):
             _credential(converted, key=key, value=value, where=f"{where}.{key}")
         else:
             converted.notes.append(f"unsupported: {where}.{key}")
+    _server_scheme(spec["consul"], converted, where=f"{where}.server")
+    _refresh_floor(spec, converted, where=f"{where}.refresh_interval")
     if not spec["selector"]:
         del spec["selector"]
     spec["output"] = {"configMap": {"name": f"{name}-targets"}}  # the operator's; the CLI skips it
@@ -124,7 +130,63 @@ def convert_sd_config(name: str, sd: dict[str, Any], *, where: str) -> Converted
     return converted
 
 
+def _as_prometheus_reads(key: str, value: Any) -> Any:
+    """``value`` as Prometheus decodes it (Go yaml.v2 into a typed field): a null bool is
+    false, a scalar in a string field its text (``rack: 1`` is ``"1"``). Anything else is kept
+    for the spec's validation to name."""
+    if key == "allow_stale":
+        return bool(value) if value is None else value
+    if key == "path_prefix" and isinstance(value, str) and value and value[0] != "/":
+        return f"/{value}"  # Go's URL puts the slash between host and path
+    if key in ("services", "tags") and isinstance(value, list):
+        return [_text(item) for item in value]
+    if key == "node_meta" and isinstance(value, dict):
+        return {_text(k): _text("" if v is None else v) for k, v in value.items()}
+    return _text(value)
+
+
+def _text(value: Any) -> Any:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value) if isinstance(value, int | float) else value
+
+
+def _server_scheme(consul: dict[str, Any], converted: Converted, *, where: str) -> None:
+    """Consul's Go client takes ``http://`` or ``https://`` before the address (https wins over
+    ``scheme``); the spec wants them apart."""
+    server = consul["server"]
+    scheme, sep, address = server.partition("://") if isinstance(server, str) else ("", "", "")
+    if not sep:
+        return
+    if scheme not in ("http", "https"):
+        converted.notes.append(f"unsupported: {where} {scheme}:// (only http and https)")
+        return
+    consul["server"] = address
+    if scheme == "https":
+        consul["scheme"] = "https"
+
+
+def _refresh_floor(spec: dict[str, Any], converted: Converted, *, where: str) -> None:
+    """Prometheus takes any refresh_interval; below the spec's 1s minimum it becomes 1s."""
+    try:
+        seconds = parse_duration(spec.get("refreshInterval", "30s"))
+    except (TypeError, ValueError):
+        return  # not a duration: the spec's validation names it
+    if seconds < MIN_REFRESH_INTERVAL:
+        converted.notes.append(f"{where}: {spec['refreshInterval']} raised to 1s (the minimum)")
+        spec["refreshInterval"] = "1s"
+
+
+def _flag(value: Any, *, where: str) -> str:
+    """A setting that becomes a discover flag: a scalar (as Prometheus reads a string field)."""
+    if isinstance(value, list | dict) or value is None:
+        raise UsageError(f"{where}: not a string")
+    return str(_text(value))
+
+
 def _credential(converted: Converted, *, key: str, value: Any, where: str) -> None:
+    if value is None or value == "":  # none given (Go's zero value)
+        return
     if key == "token" or not isinstance(value, dict):  # an inline secret
         converted.notes.append(
             f"{where}: not copied (a secret); put it in a file for --token-file, "
@@ -144,10 +206,14 @@ def _authorization(converted: Converted, value: dict[str, Any], *, where: str) -
     if not (isinstance(kind, str) and kind.lower() == "bearer"):
         # Consul reads only a Bearer credential as its ACL token: anything else is not converted.
         converted.notes.append(
-            f"unsupported: {where}.type {kind!r} (only Bearer credentials are a Consul token)"
+            f"unsupported: {where}.type {_text(kind)!r:.40} "
+            "(only Bearer credentials are a Consul token)"
         )
     elif "credentials_file" in value:
-        converted.flags += ["--token-file", str(value["credentials_file"])]
+        converted.flags += [
+            "--token-file",
+            _flag(value["credentials_file"], where=f"{where}.credentials_file"),
+        ]
     if "credentials" in value:
         converted.notes.append(f"{where}.credentials: not copied (a secret); use a file")
     for other in sorted(map(str, set(value) - {"type", "credentials", "credentials_file"})):
@@ -156,9 +222,15 @@ def _authorization(converted: Converted, value: dict[str, Any], *, where: str) -
 
 def _basic_auth(converted: Converted, value: dict[str, Any], *, where: str) -> None:
     if "username" in value:
-        converted.flags += ["--basic-auth-user", str(value["username"])]
+        converted.flags += [
+            "--basic-auth-user",
+            _flag(value["username"], where=f"{where}.username"),
+        ]
     if "password_file" in value:
-        converted.flags += ["--basic-auth-password-file", str(value["password_file"])]
+        converted.flags += [
+            "--basic-auth-password-file",
+            _flag(value["password_file"], where=f"{where}.password_file"),
+        ]
     if "password" in value:
         converted.notes.append(
             f"{where}.password: not copied (a secret); use --basic-auth-password-file"
@@ -170,9 +242,9 @@ def _basic_auth(converted: Converted, value: dict[str, Any], *, where: str) -> N
 def _tls(converted: Converted, value: dict[str, Any], *, where: str) -> None:
     for key, setting in value.items():
         if key in _TLS_FLAGS:
-            converted.flags += [_TLS_FLAGS[key], str(setting)]
+            converted.flags += [_TLS_FLAGS[key], _flag(setting, where=f"{where}.{key}")]
         elif key == "server_name":
-            converted.flags += ["--server-name", str(setting)]
+            converted.flags += ["--server-name", _flag(setting, where=f"{where}.{key}")]
         elif key == "insecure_skip_verify":
             if setting:
                 converted.flags.append("--insecure-skip-verify")
@@ -207,17 +279,28 @@ def file_sd_path(name: str, *, target: Target) -> str:
     return f"{directory}/{name}.json"
 
 
-def without_secrets(value: Any, *, where: str, notes: list[str], parent: str = "") -> Any:
+def without_secrets(
+    value: Any, *, where: str, notes: list[str], parent: str = "", memo: dict[tuple[int, str], Any]
+) -> Any:
     """A copy of ``value`` (part of a scrape job, at ``where``; ``parent`` its key) with every
-    inline secret replaced by a placeholder, each named in ``notes``; ``*_file`` forms kept."""
-    if isinstance(value, list):
-        return [
-            without_secrets(item, where=f"{where}[{i}]", notes=notes, parent=parent)
-            for i, item in enumerate(value)
-        ]
-    if not isinstance(value, dict):
+    inline secret replaced by a placeholder, each named in ``notes``; ``*_file`` forms kept.
+    ``memo`` (copies by ``id`` and ``parent``, which decides what a secret is) keeps a YAML
+    alias one shared copy: nested aliases (a "billion laughs" file) would otherwise be copied
+    out exponentially. A shared secret is named once, at its first place."""
+    if not isinstance(value, list | dict):
         return value
+    if (id(value), parent) in memo:
+        return memo[id(value), parent]
+    if isinstance(value, list):
+        copied_list: list[Any] = []
+        memo[id(value), parent] = copied_list
+        copied_list.extend(
+            without_secrets(item, where=f"{where}[{i}]", notes=notes, parent=parent, memo=memo)
+            for i, item in enumerate(value)
+        )
+        return copied_list
     copied: dict[Any, Any] = {}
+    memo[id(value), parent] = copied
     for key, item in value.items():
         at = f"{where}.{key}" if where else str(key)
         file_form = _SECRETS.get(key) if key != "key" or parent != "tls_config" else "key_file"
@@ -225,11 +308,24 @@ def without_secrets(value: Any, *, where: str, notes: list[str], parent: str = "
             copied[key] = _placeholder(file_form, where=at, notes=notes)
         elif key in ("http_headers", "proxy_connect_header") and isinstance(item, dict):
             copied[key] = _headers(item, where=at, notes=notes, connect=key != "http_headers")
-        elif isinstance(item, str) and str(key).endswith("url"):
+        elif _is_url(key) and isinstance(item, str):
             copied[key] = _url_without_password(item, where=at, notes=notes)
+        elif _is_url(key) and isinstance(item, list):  # marathon_sd_configs' servers
+            copied[key] = [
+                _url_without_password(url, where=f"{at}[{i}]", notes=notes)
+                if isinstance(url, str)
+                else url
+                for i, url in enumerate(item)
+            ]
         else:
-            copied[key] = without_secrets(item, where=at, notes=notes, parent=str(key))
+            copied[key] = without_secrets(item, where=at, notes=notes, parent=str(key), memo=memo)
     return copied
+
+
+def _is_url(key: Any) -> bool:
+    """A key whose value is a URL (``proxy_url``, ``token_url``, ``url``) or URLs (the
+    ``server``/``servers`` of nomad, eureka, marathon, uyuni, kuma... SD configs)."""
+    return str(key).endswith("url") or key in ("server", "servers")
 
 
 def _placeholder(file_form: str, *, where: str, notes: list[str]) -> str:

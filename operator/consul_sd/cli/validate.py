@@ -32,6 +32,9 @@ from consul_sd.cli.specfile import friendly_problem, iter_documents
 
 logger = logging.getLogger("consul_sd")
 API_VERSION = f"{GROUP}/{VERSION}"
+_TOP_LEVEL = {"apiVersion", "kind", "metadata", "spec", "status"}
+# A namespace is a DNS-1123 label (at most 63 characters).
+_NAMESPACE_PATTERN = r"^(?=.{1,63}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 
 def document_problems(document: Any) -> list[str]:
@@ -39,15 +42,9 @@ def document_problems(document: Any) -> list[str]:
     problems = []
     if document.get("apiVersion") != API_VERSION:
         problems.append(f"apiVersion: {document.get('apiVersion')!r}, expected {API_VERSION}")
-    metadata = document.get("metadata")
-    name = metadata.get("name") if isinstance(metadata, dict) else None
-    if not isinstance(name, str) or not name:
-        problems.append("metadata.name: required")
-    else:
-        if not re.match(OBJECT_NAME_PATTERN, name):
-            problems.append(f"metadata.name: {name!r} is not a Kubernetes object name")
-        if too_long := validate_discovery_name(name):
-            problems.append(too_long)
+    for unknown in sorted(map(str, set(document) - _TOP_LEVEL)):
+        problems.append(f"{unknown}: unknown field")  # kubectl's strict field validation
+    problems += _metadata_problems(document.get("metadata"))
     spec = document.get("spec")
     if not isinstance(spec, dict):
         problems.append("spec: required, a mapping")
@@ -59,6 +56,40 @@ def document_problems(document: Any) -> list[str]:
     except SpecError as exc:
         problems.extend(map(friendly_problem, exc.problems))
     return problems
+
+
+def _metadata_problems(metadata: Any) -> list[str]:
+    if not isinstance(metadata, dict):
+        return ["metadata.name: required"]
+    problems, name = [], metadata.get("name")
+    if not isinstance(name, str) or not name:
+        problems.append("metadata.name: required")
+    else:
+        if not re.match(OBJECT_NAME_PATTERN, name):
+            problems.append(f"metadata.name: {name!r} is not a Kubernetes object name")
+        if too_long := validate_discovery_name(name):
+            problems.append(too_long)
+    namespace = metadata.get("namespace")
+    if namespace is not None and not (
+        isinstance(namespace, str) and re.match(_NAMESPACE_PATTERN, namespace)
+    ):
+        problems.append(f"metadata.namespace: {str(namespace)[:70]!r} is not a namespace name")
+    return problems
+
+
+def _objects(document: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The ConsulDiscovery in ``document`` with the prefix naming each: the document itself, or
+    the items of a ``List`` (``kubectl apply`` applies each; ``items[N].`` then)."""
+    if document.get("kind") == KIND:
+        return [("", document)]
+    items = document.get("items")
+    if str(document.get("kind")).endswith("List") and isinstance(items, list):
+        return [
+            (f"items[{i}].", item)
+            for i, item in enumerate(items)
+            if isinstance(item, dict) and item.get("kind") == KIND
+        ]
+    return []
 
 
 def file_problems(path: Path, *, seen: dict[tuple[str | None, str], str]) -> tuple[list[str], int]:
@@ -73,13 +104,13 @@ def file_problems(path: Path, *, seen: dict[tuple[str | None, str], str]) -> tup
             if not isinstance(document, dict):
                 lines.append(f"{path}[{index}]: not a YAML mapping")
                 continue
-            if document.get("kind") != KIND:
-                continue
-            found += 1
-            where = f"{path}[{index}]"
-            lines.extend(f"{where}: {problem}" for problem in document_problems(document))
-            if duplicate := _duplicate(document, where=where, seen=seen):
-                lines.append(f"{where}: {duplicate}")
+            for prefix, discovery in _objects(document):
+                found += 1
+                where = f"{path}[{index}]"
+                problems = document_problems(discovery)
+                at = f"{where} {prefix[:-1]}" if prefix else where
+                problems.append(_duplicate(discovery, where=at, seen=seen))
+                lines.extend(f"{where}: {prefix}{problem}" for problem in problems if problem)
     except UsageError as exc:  # the documents before the broken one were checked above
         lines.append(str(exc))
     return lines, found
