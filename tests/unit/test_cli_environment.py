@@ -79,6 +79,13 @@ def test_consul_http_ssl_means_https_whatever_the_address_says(address: str) -> 
     )
 
 
+def test_consul_http_ssl_alone_means_https_to_the_default_address() -> None:
+    consul = load_spec(parse(), {"CONSUL_HTTP_SSL": "true"}).consul
+    assert (consul.server, consul.scheme) == ("127.0.0.1:8500", "https")
+    with pytest.raises(UsageError, match=r"CONSUL_HTTP_SSL='yes': not a boolean"):
+        load_spec(parse(), {"CONSUL_HTTP_SSL": "yes"})
+
+
 def test_consul_http_ssl_must_be_a_boolean() -> None:
     with pytest.raises(UsageError, match=r"CONSUL_HTTP_SSL='yes please': not a boolean"):
         load_spec(parse(), {"CONSUL_HTTP_ADDR": "c:1", "CONSUL_HTTP_SSL": "yes please"})

@@ -136,8 +136,11 @@ async def test_an_address_that_is_not_one_is_said_in_words(tmp_path: Path) -> No
     code, _, err = await run("discover", "--server", "127.0.0.1:port", "--once")
     assert code == 2
     line = usage_error(err)
-    assert "not an address: give host:port" in line
+    assert "'127.0.0.1:port': the port must be a number from 1 to 65535" in line
     assert "^(" not in line  # never the spec's regular expression
+    code, _, err = await run("discover", "--server", "http://", "--once")
+    assert code == 2
+    assert "not an address: give host:port" in usage_error(err)
 
 
 async def test_a_plain_http_connection_failure_says_where_and_never_mentions_ssl(

@@ -26,6 +26,9 @@ from consul_sd.consul.endpoint import ConsulEndpoint, validate_basic_auth, valid
 from consul_sd.consul.errors import ConsulCredentialError
 from consul_sd.endpoints import Credentials, build_endpoint
 
+MAX_FILE_BYTES = 1024 * 1024  # a token, password, CA bundle, certificate or key file
+MAX_TOKEN_CHARACTERS = 1024
+
 
 def load_spec(
     args: argparse.Namespace, environ: Mapping[str, str] | None = None
@@ -125,8 +128,13 @@ def resolve_endpoint(
     """
     consul = spec.consul
     token_flag = sources.get("token_file", "--token-file") if args.token_file else None
-    token = _read(args.token_file, token_flag) if token_flag else args.token
-    token_flag = token_flag or sources.get("token", "--token")
+    token = _token(args, token_flag)
+    # The flag or variable, with the file it names: what an error about the token points at.
+    token_flag = (
+        f"{token_flag} {args.token_file}" if token_flag else sources.get("token", "--token")
+    )
+    logs.redact(token)
+    _check_token_length(token, token_flag)
     if token is None and consul.token_secret_ref is not None:
         raise UsageError("spec.consul.tokenSecretRef names a Secret: give --token-file instead")
     basic_auth = _basic_auth(args, secret_named=consul.basic_auth_secret_ref is not None)
@@ -143,7 +151,6 @@ def resolve_endpoint(
         insecure_skip_verify=bool(args.insecure_skip_verify),
         server_name=args.server_name,
     )
-    logs.redact(token)
     try:
         if token and token.strip():
             validate_token(token)
@@ -178,13 +185,43 @@ def _ssl_problem(exc: Exception) -> str:
     return f"cannot load the CA, certificate or key ({reason})"
 
 
+def _token(args: argparse.Namespace, flag: str | None) -> str | None:
+    """The token from ``--token-file`` (named ``flag``: the flag or its variable), else
+    ``--token``; a token file must hold a token of a plausible length."""
+    if flag is None:
+        return args.token  # type: ignore[no-any-return]
+    token = _read(args.token_file, flag)
+    if not token.strip():
+        raise UsageError(
+            f"{flag} {args.token_file}: the file is empty; write the ACL token in it "
+            "(an empty token file is not taken as the anonymous token)"
+        )
+    return token
+
+
+def _check_token_length(token: str | None, flag: str) -> None:
+    # Consul tokens are 36-character UUIDs; a whole file of something else would be sent as a
+    # header that a server may refuse by echoing its start, a piece of the secret.
+    if token is not None and len(token.strip()) > MAX_TOKEN_CHARACTERS:
+        raise UsageError(
+            f"{flag}: the token is {len(token.strip())} characters long; a Consul ACL token is "
+            "a 36-character UUID: is it the right token?"
+        )
+
+
 def _read_given(path: Path | None, flag: str) -> str | None:
     return _read(path, flag) if path is not None else None
 
 
 def _read(path: Path, flag: str) -> str:
+    """The text of a credential or TLS file, read at most :data:`MAX_FILE_BYTES` (a device such
+    as /dev/zero, or the wrong file, must not fill the memory)."""
     try:
-        return path.read_bytes().decode()
+        with path.open("rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)
+        if len(data) > MAX_FILE_BYTES:
+            raise UsageError(f"{flag} {path}: larger than 1 MiB; is this the right file?")
+        return data.decode()
     except OSError as exc:
         raise UsageError(f"{flag} {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
@@ -196,6 +233,12 @@ def check_output(path: Path) -> None:
     """Before any discovery: ``--output`` must be a file path in a writable directory."""
     if path.is_dir():
         raise UsageError(f"--output {path}: is a directory; give the path of a file in it")
+    if path.exists() and not path.is_file():
+        # The file is replaced by a rename: a device (/dev/null), FIFO or socket would be too.
+        raise UsageError(
+            f"--output {path}: not a regular file (the output replaces it); give a file path, "
+            "or leave --output out to print the targets"
+        )
     parent = path.parent
     if not parent.is_dir():
         raise UsageError(f"--output {path}: directory {parent} does not exist; create it first")

@@ -154,15 +154,8 @@ async def _discover_once(setup: Setup, *, output: Path | None, progress: bool) -
         finally:
             if reporter is not None:
                 await reporter.stop()
-    data = render_file_sd(snapshot.groups)
-    if output is None:
-        sys.stdout.buffer.write(data)
-        sys.stdout.flush()
-    else:
-        try:
-            write_atomically(output, data)
-        except OSError as exc:
-            raise CommandError(f"--output {output}: {exc.strerror or exc}") from None
+    _emit(render_file_sd(snapshot.groups), output=output)
+    _warn_if_skipped(snapshot, endpoint=setup.endpoint)
     _warn_if_empty(snapshot, services=setup.services)
     elapsed = asyncio.get_running_loop().time() - started
     logger.info(
@@ -176,9 +169,41 @@ async def _discover_once(setup: Setup, *, output: Path | None, progress: bool) -
     return 0
 
 
+def _emit(data: bytes, *, output: Path | None) -> None:
+    """Write the targets to ``output``, else to standard output; a failure is one line."""
+    if output is not None:
+        try:
+            write_atomically(output, data)
+        except OSError as exc:
+            raise CommandError(f"--output {output}: {exc.strerror or exc}") from None
+        return
+    try:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`| head`): nothing to tell it; stdout is pointed at /dev/null
+        # so that the interpreter's own flush at exit does not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise CommandError("standard output closed before the targets were written") from None
+    except OSError as exc:
+        raise CommandError(
+            f"cannot write the targets to standard output ({exc.strerror or exc}); "
+            "use --output FILE"
+        ) from None
+
+
+def _warn_if_skipped(snapshot: Snapshot, *, endpoint: ConsulEndpoint) -> None:
+    """A service left out for an answer no retry changes (as Prometheus skips it) is named."""
+    for name in sorted(snapshot.failed):
+        error = snapshot.failed[name]
+        logger.warning("service %s skipped: %s", name, describe_failure(error, endpoint=endpoint))
+
+
 def _warn_if_empty(snapshot: Snapshot, *, services: list[str]) -> None:
-    if snapshot.targets == 0:
-        found = {name for name, group in snapshot.groups.items() if group}
+    """Warn of a discovery with no target, or of a ``--services`` name Consul has no instance of
+    (a typo among correct names must not pass unseen)."""
+    found = {name for name, group in snapshot.groups.items() if group}
+    if snapshot.targets == 0 or any(name not in found for name in services):
         logger.warning("%s", nothing_matched(services=services, found=found))
 
 
@@ -192,13 +217,19 @@ async def _discover_forever(
 ) -> int:
     """Keep ``output`` current and/or serve the targets at ``listen`` until SIGTERM/SIGINT."""
     tally = RequestTally()
-    writer = RetryingFileSink(FileSDWriter(output)) if output is not None else None
+    current = _Current(setup)
+
+    def describe(error: ConsulError) -> str:  # with the flag or variable to fix
+        return describe_failure(error, endpoint=current.setup.endpoint)
+
+    writer = None
+    if output is not None:
+        writer = RetryingFileSink(FileSDWriter(output, describe=describe))
     store = TargetStore()
     # The writer logs Consul's problems; without one, the HTTP sink does.
     served = SnapshotServer(store, log_problems=writer is None) if listen is not None else None
     heartbeat = Heartbeat(tally=tally, interval=heartbeat_interval)
     sinks = [sink.publish for sink in (writer, served, heartbeat) if sink is not None]
-    current = _Current(setup)
 
     async def publish(snapshot: Snapshot) -> None:
         for sink in sinks:
@@ -239,7 +270,8 @@ async def _listen(store: TargetStore, listen: tuple[str, int]) -> RunningServer:
         return await start_target_server(store, host=host, port=port, app_kind="cli")
     except OSError as exc:  # in use, or an address this host does not have
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        raise UsageError(f"--listen {host}:{port}: {reason}") from None
+        shown = f"[{host}]" if ":" in host else host  # as the user wrote an IPv6 address
+        raise UsageError(f"--listen {shown}:{port}: {reason}") from None
 
 
 @dataclass

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from consul_sd.cli.arguments import UsageError
+from consul_sd.cli.arguments import DEFAULT_SERVER, UsageError
 
 # Flag attribute -> the variable beneath it, for the settings that are files or plain strings.
 _VARIABLES = {
@@ -48,6 +48,7 @@ def split_address(text: str, *, source: str) -> Address:
     """
     scheme: str | None = None
     rest = text.strip()
+    _refuse_secrets(rest, source=source)  # before any message that echoes the address
     if "://" in rest:
         scheme, _, rest = rest.partition("://")
         scheme = scheme.lower()
@@ -56,24 +57,39 @@ def split_address(text: str, *, source: str) -> Address:
                 f"{source} {text!r}: scheme {scheme}:// is not supported: "
                 "give host:port, http://host:port or https://host:port"
             )
-    if "@" in rest:  # user:password@host: said without echoing the address, which holds them
+    try:
+        parts = urlsplit(f"//{rest}")
+    except ValueError:  # a bracket not closed, or no IPv6 address inside: "[::1", "[zz]"
         raise UsageError(
-            f"{source}: credentials in the address are not supported (and not shown): use "
-            "--basic-auth-user and --basic-auth-password-file, or a token file"
-        )
-    parts = urlsplit(f"//{rest}")
+            f"{source} {text!r}: not an address: an IPv6 address goes in brackets, as [::1]:8500"
+        ) from None
     try:
         port = parts.port
     except ValueError:
         port = -1
-    broken = port == -1 or any(char.isspace() for char in rest)
-    if broken or not parts.hostname or parts.query or parts.fragment:
+    if port in (-1, 0):
+        raise UsageError(f"{source} {text!r}: the port must be a number from 1 to 65535")
+    if any(char.isspace() for char in rest) or not parts.hostname or parts.fragment:
         raise UsageError(
             f"{source} {text!r}: not an address: give host:port, http://host:port "
             "or https://host:port"
         )
     prefix = parts.path.rstrip("/") or None
     return Address(server=parts.netloc, scheme=scheme, path_prefix=prefix)
+
+
+def _refuse_secrets(text: str, *, source: str) -> None:
+    """Refuse an address holding ``user:password@`` or a query (``?token=``), not echoing it."""
+    if "@" in text:
+        raise UsageError(
+            f"{source}: credentials in the address are not supported (and not shown): use "
+            "--basic-auth-user and --basic-auth-password-file, or a token file"
+        )
+    if "?" in text:
+        raise UsageError(
+            f"{source}: a query (?...) in the address is not supported (and not shown): give "
+            "host:port or http(s)://host:port[/prefix], and the token in a token file"
+        )
 
 
 def parse_bool(value: str, *, source: str) -> bool:
@@ -85,12 +101,15 @@ def parse_bool(value: str, *, source: str) -> bool:
 
 
 def environment_address(environ: Mapping[str, str]) -> tuple[Address, str] | None:
-    """The address CONSUL_HTTP_ADDR (and CONSUL_HTTP_SSL) give, with the variable's name."""
+    """The address CONSUL_HTTP_ADDR (and CONSUL_HTTP_SSL) give, with the variable's name.
+
+    CONSUL_HTTP_SSL alone applies to the default address, as for the consul CLI.
+    """
     text = environ.get("CONSUL_HTTP_ADDR", "").strip()
-    if not text:
-        return None
-    address = split_address(text, source="CONSUL_HTTP_ADDR")
     ssl = environ.get("CONSUL_HTTP_SSL", "").strip()
+    if not text and not ssl:
+        return None
+    address = split_address(text or DEFAULT_SERVER, source="CONSUL_HTTP_ADDR")
     # As the consul CLI: CONSUL_HTTP_SSL=true means https even over an http:// address.
     if ssl and parse_bool(ssl, source="CONSUL_HTTP_SSL"):
         address = Address(server=address.server, scheme="https", path_prefix=address.path_prefix)

@@ -10,7 +10,12 @@ from __future__ import annotations
 import re
 
 from consul_sd.consul.endpoint import ConsulEndpoint
-from consul_sd.consul.errors import ConsulACLDenied, ConsulError, ConsulUnreachable
+from consul_sd.consul.errors import (
+    ConsulACLDenied,
+    ConsulDatacenterUnknown,
+    ConsulError,
+    ConsulUnreachable,
+)
 from consul_sd.discovery.snapshots import DiscoveryIncomplete
 
 # aiohttp's connection errors name the TLS setting ("ssl:default", "ssl:None"), which on plain
@@ -40,9 +45,19 @@ def _describe_consul(error: Exception, *, endpoint: ConsulEndpoint) -> str:
     if endpoint.scheme == "http":
         text = _SSL_NOTE.sub("", text)
     if isinstance(error, ConsulUnreachable):
+        if endpoint.scheme == "https" and "WRONG_VERSION_NUMBER" in text:
+            return (
+                f"cannot reach Consul at {url}: the server does not speak TLS there ({text}); "
+                "use http:// (or --scheme http), or the HTTPS port"
+            )
         return (
             f"cannot reach Consul at {url} ({text}); is it running there? "
             "Set the address with --server or CONSUL_HTTP_ADDR"
+        )
+    if isinstance(error, ConsulDatacenterUnknown):
+        return (
+            f"Consul at {url} does not know the datacenter ({text}); check --datacenter "
+            "(or spec.consul.datacenter) against `consul catalog datacenters`"
         )
     if isinstance(error, ConsulACLDenied):
         return (
@@ -56,15 +71,18 @@ def _describe_consul(error: Exception, *, endpoint: ConsulEndpoint) -> str:
             "check --server (or CONSUL_HTTP_ADDR) and --path-prefix"
         )
     reason = error.reason if isinstance(error, ConsulError) else type(error).__name__
+    if isinstance(error, ConsulError) and error.status is not None and error.status >= 500:
+        return f"Consul at {url}: {reason}: {text}; retry later, or check the Consul servers"
     return f"Consul at {url}: {reason}: {text}"
 
 
 def nothing_matched(*, services: list[str], found: set[str]) -> str:
-    """The warning for a discovery that matched no target: which names Consul does not have."""
+    """The warning for a discovery that matched no target, or missed a name: which names
+    Consul does not have."""
     missing = [name for name in services if name not in found]
     if missing:
         return (
-            f"no targets: Consul has no instance of {', '.join(missing)} "
+            f"{'' if found else 'no targets: '}Consul has no instance of {', '.join(missing)} "
             "(--services takes exact names; see `consul catalog services`)"
         )
     return "no targets: no service in Consul matched the selector (--services, --tags, --filter)"
