@@ -78,6 +78,12 @@ async def test_a_broken_spec_file_names_the_file_and_the_line(tmp_path: Path) ->
     assert "<unicode string>" not in err
 
 
+async def test_a_spec_without_end_is_refused_after_64_mib_not_read_into_memory() -> None:
+    code, _, err = await run("discover", "--spec", "/dev/zero", "--once")
+    assert code == 2
+    assert "--spec /dev/zero: larger than 64 MiB; is this the right file?" in usage_error(err)
+
+
 @pytest.mark.parametrize(
     ("text", "problem"),
     [

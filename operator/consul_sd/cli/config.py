@@ -21,7 +21,7 @@ from consul_sd.api.spec import ConsulDiscoverySpec, SpecError, parse_spec
 from consul_sd.cli import logs
 from consul_sd.cli.arguments import DEFAULT_SERVER, UsageError
 from consul_sd.cli.environment import Address, environment_address, split_address
-from consul_sd.cli.specfile import friendly_problem, spec_from_file
+from consul_sd.cli.specfile import friendly_problem, read_text, spec_from_file
 from consul_sd.consul.endpoint import ConsulEndpoint, validate_basic_auth, validate_token
 from consul_sd.consul.errors import ConsulCredentialError
 from consul_sd.endpoints import Credentials, build_endpoint
@@ -214,19 +214,8 @@ def _read_given(path: Path | None, flag: str) -> str | None:
 
 
 def _read(path: Path, flag: str) -> str:
-    """The text of a credential or TLS file, read at most :data:`MAX_FILE_BYTES` (a device such
-    as /dev/zero, or the wrong file, must not fill the memory)."""
-    try:
-        with path.open("rb") as handle:
-            data = handle.read(MAX_FILE_BYTES + 1)
-        if len(data) > MAX_FILE_BYTES:
-            raise UsageError(f"{flag} {path}: larger than 1 MiB; is this the right file?")
-        return data.decode()
-    except OSError as exc:
-        raise UsageError(f"{flag} {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        # The error's own text quotes the bytes, which may be a credential.
-        raise UsageError(f"{flag} {path}: not UTF-8 text (byte {exc.start})") from None
+    """The text of a credential or TLS file, read at most :data:`MAX_FILE_BYTES`."""
+    return read_text(path, where=f"{flag} {path}", max_bytes=MAX_FILE_BYTES)
 
 
 def check_output(path: Path) -> None:

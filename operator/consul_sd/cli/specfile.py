@@ -18,6 +18,8 @@ from consul_sd.api.names import KIND
 from consul_sd.cli.arguments import UsageError
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+# A Prometheus configuration or a file of ConsulDiscovery objects: far above any real one.
+MAX_YAML_BYTES = 64 * 1024 * 1024
 
 
 class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
@@ -42,7 +44,7 @@ def read_documents(path: Path, *, flag: str = "", keep_empty: bool = False) -> l
     """Every document of ``path`` (``keep_empty``: empty ones as None, so indexes count every
     document); :class:`UsageError` naming the file if unreadable."""
     where = f"{flag} {path}".strip()
-    text = _read_text(path, where=where)
+    text = read_text(path, where=where)
     try:
         return [doc for doc in yaml.load_all(text, Loader=_Loader) if keep_empty or doc is not None]
     except yaml.YAMLError as exc:
@@ -53,7 +55,7 @@ def iter_documents(path: Path) -> Iterator[tuple[int, Any]]:
     """Every document of ``path`` (empty ones as None) with its index, read one at a time so
     that a YAML error in one leaves the ones before it to the caller; :class:`UsageError`
     names the file, and the document a YAML error breaks (``FILE[N]``)."""
-    loader, index = yaml.load_all(_read_text(path, where=str(path)), Loader=_Loader), 0
+    loader, index = yaml.load_all(read_text(path, where=str(path)), Loader=_Loader), 0
     while True:  # ends with the stream: each round takes one document or raises
         try:
             document = next(loader)
@@ -65,12 +67,20 @@ def iter_documents(path: Path) -> Iterator[tuple[int, Any]]:
         index += 1
 
 
-def _read_text(path: Path, *, where: str) -> str:
+def read_text(path: Path, *, where: str, max_bytes: int = MAX_YAML_BYTES) -> str:
+    """The UTF-8 text of ``path``, read at most ``max_bytes`` (a device such as /dev/zero, or
+    the wrong file, must not fill the memory); :class:`UsageError` starting ``where`` if not."""
     try:
-        return path.read_text()
+        with path.open("rb") as handle:
+            data = handle.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            size = f"{max_bytes // (1024 * 1024)} MiB"
+            raise UsageError(f"{where}: larger than {size}; is this the right file?")
+        return data.decode()
     except OSError as exc:
         raise UsageError(f"{where}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
+        # The error's own text quotes the bytes, which may be a credential.
         raise UsageError(f"{where}: not UTF-8 text (byte {exc.start})") from None
 
 
